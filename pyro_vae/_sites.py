@@ -1,0 +1,40 @@
+"""Helpers for the site conventions: observed ``"x"``, latent ``"z"``, labels ``"y"``,
+plate ``"data"``. Internal."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+DATA_PLATE = "data"
+
+
+def accepts_y(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``y`` argument (or ``**kwargs``), so labels can be passed."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "y" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def label_kwargs(fn: Callable[..., Any], y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """``{"y": y}`` when there are labels and ``fn`` takes them, else ``{}``."""
+    return {"y": y} if y is not None and accepts_y(fn) else {}
+
+
+def per_example(value: torch.Tensor, site: dict[str, Any], num_examples: int) -> torch.Tensor:
+    """Reduce a site's log-density (batch-shaped) to one number per example.
+
+    Dimensions other than the ``"data"`` plate are summed. A site outside the plate (a
+    global latent) is shared by the batch, so its total is split evenly over the examples.
+    """
+    frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+    if frame is None or value.dim() < -frame.dim:
+        return value.sum().expand(num_examples) / num_examples
+    value = value.movedim(frame.dim, 0)
+    value = value.reshape(value.shape[0], -1).sum(-1)
+    return value.expand(num_examples) if value.shape[0] == 1 else value

@@ -1,0 +1,70 @@
+"""Safe checkpoint files.
+
+Writes are atomic: the state goes to a temporary file in the same folder, is flushed and
+fsynced, then renamed over the old file, so a crash mid-write leaves the previous checkpoint
+intact. Reads use ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain
+Python containers only, and nothing in the file can execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+FORMAT = "pyro-vae-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) to ``path``."""
+    path = Path(path)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    :raises ValueError: if the file is missing, truncated, not a pyro-vae checkpoint, or
+        holds anything but tensors and plain containers (e.g. a crafted pickle).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"No checkpoint at {path}; check the run directory.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"{path} could not be loaded safely ({type(e).__name__}: {str(e)[:200]}). It is "
+            "truncated, corrupted, or not a pyro-vae checkpoint; checkpoints are only loaded "
+            "with weights_only=True."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pyro-vae checkpoint.")
+    if state.get("version") != VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format version {state.get('version')}, this pyro-vae "
+            f"reads version {VERSION}."
+        )
+    return state

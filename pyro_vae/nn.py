@@ -1,0 +1,143 @@
+"""Network bodies shared by encoders and decoders.
+
+Every network here maps a tensor with arbitrary leading batch dimensions to another, so the
+same module serves a plain batch ``(N, ...)`` and vectorized particles ``(K, N, ...)``.
+Encoders take data of shape ``(*batch, *x_shape)`` and return features ``(*batch, out_dim)``;
+decoders take ``(*batch, in_dim)`` and return ``(*batch, *out_shape)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+class MLP(nn.Module):
+    r"""A fully connected network: ``Linear -> activation`` for each hidden layer, then a
+    final ``Linear``.
+
+    :param in_shape: shape of one input item; its dimensions are flattened, so an encoder
+        can take ``(1, 28, 28)`` images directly.
+    :param hidden_dims: widths of the hidden layers, e.g. ``(400,)``.
+    :param out_shape: shape of one output item; the last layer has ``prod(out_shape)``
+        units, reshaped to ``out_shape``.
+    :param activation: the non-linearity class (default :class:`torch.nn.Softplus`).
+    """
+
+    def __init__(
+        self,
+        in_shape: int | Sequence[int],
+        hidden_dims: Sequence[int],
+        out_shape: int | Sequence[int],
+        activation: type[nn.Module] = nn.Softplus,
+    ) -> None:
+        super().__init__()
+        self.in_shape = _as_shape(in_shape)
+        self.out_shape = _as_shape(out_shape)
+        for h in hidden_dims:
+            _check_positive("each hidden dim", h)
+        widths = [math.prod(self.in_shape), *hidden_dims]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(a, b), activation()]
+        layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[: x.dim() - len(self.in_shape)]
+        h = self.net(x.reshape(*batch, -1))
+        return h.reshape(*batch, *self.out_shape)
+
+
+class ConvEncoder(nn.Module):
+    r"""A small convolutional encoder for 28×28 images.
+
+    ``Conv(c→32, 4, stride 2) → Conv(32→64, 4, stride 2) → Linear(64·7·7 → out_dim)``,
+    with the activation after each layer. Input ``(*batch, c, 28, 28)``, output
+    ``(*batch, out_dim)``.
+
+    :param out_dim: number of output features.
+    :param channels: number of image channels.
+    :param activation: the non-linearity class (default :class:`torch.nn.ReLU`).
+    """
+
+    def __init__(
+        self, out_dim: int, channels: int = 1, activation: type[nn.Module] = nn.ReLU
+    ) -> None:
+        super().__init__()
+        _check_positive("out_dim", out_dim)
+        _check_positive("channels", channels)
+        self.in_shape = (channels, 28, 28)
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 32, 4, stride=2, padding=1),
+            activation(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            activation(),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, out_dim),
+            activation(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-3]
+        h = self.net(x.reshape(-1, *self.in_shape))
+        return h.reshape(*batch, -1)
+
+
+class ConvDecoder(nn.Module):
+    r"""A small transposed-convolution decoder producing 28×28 maps.
+
+    ``Linear(in_dim → 64·7·7) → ConvT(64→32, 4, stride 2) → ConvT(32→c·k, 4, stride 2)``.
+    Output ``(*batch, c * k, 28, 28)`` reshaped to ``out_shape``, where ``k`` is the number
+    of distribution parameters per pixel.
+
+    :param in_dim: input features (the latent dimension).
+    :param out_shape: output shape, ``(c, 28, 28)`` or ``(k, c, 28, 28)``.
+    :param activation: the non-linearity class (default :class:`torch.nn.ReLU`).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_shape: Sequence[int] = (1, 28, 28),
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        _check_positive("in_dim", in_dim)
+        self.out_shape = _as_shape(out_shape)
+        if self.out_shape[-2:] != (28, 28):
+            raise ValueError(
+                f"ConvDecoder makes 28x28 maps, but out_shape is {self.out_shape}; "
+                "use MLP for other shapes."
+            )
+        out_channels = math.prod(self.out_shape[:-2])
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, 64 * 7 * 7),
+            activation(),
+            nn.Unflatten(1, (64, 7, 7)),
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+            activation(),
+            nn.ConvTranspose2d(32, out_channels, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        h = self.net(z.reshape(-1, z.shape[-1]))
+        return h.reshape(*batch, *self.out_shape)
+
+
+def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    out = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    for s in out:
+        _check_positive("every dimension of a shape", s)
+    return out

@@ -1,0 +1,559 @@
+r"""``fit``: stochastic variational inference for any model/guide pair.
+
+The loss is Pyro's ELBO used as an ``nn.Module`` (``elbo(model, guide)``), minimised by one
+multi-tensor ``torch.optim`` optimizer over every trainable parameter of the pair. The
+default path avoids per-step overhead that does not change the result:
+
+- Pyro's argument validation runs on the first step only (it then catches bad data and
+  shape errors), not on every step;
+- data held as tensors is moved to the device once and batched by index;
+- the running loss stays on the device and is read every ``sync_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from ._sites import accepts_y, label_kwargs
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluate import elbo_terms
+from .objectives import make_objective
+
+__all__ = ["CHECKPOINT_NAME", "History", "TrainingDivergedError", "fit"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+CONFIG_NAME = "config.json"
+
+Data = torch.Tensor | Sequence[torch.Tensor] | Dataset | DataLoader
+Callback = Callable[[dict[str, float]], bool | None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite. The message names the step and the likely causes;
+    the last checkpoint written before it (if any) is intact and resumable."""
+
+
+@dataclass
+class History:
+    """Per-epoch training records returned by :func:`fit`.
+
+    ``history.records`` is a list of dicts (one per epoch, the same lines as
+    ``metrics.jsonl``); ``history["val_elbo"]`` gives one column as a list.
+    """
+
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return [r[key] for r in self.records if key in r]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def last(self) -> dict[str, float]:
+        if not self.records:
+            raise ValueError("The history is empty: no epoch has finished.")
+        return self.records[-1]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _as_xy(data: Data) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Tensors behind ``data`` when it is tensor-backed, else ``None``."""
+    if isinstance(data, torch.Tensor):
+        return data, None
+    if isinstance(data, TensorDataset):
+        data = data.tensors
+    if isinstance(data, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data) not in (1, 2):
+            raise ValueError(f"Pass data as x or (x, y); got a sequence of {len(data)} tensors.")
+        x, y = data[0], (data[1] if len(data) == 2 else None)
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]} labels.")
+        return x, y
+    return None
+
+
+def _check_x(x: torch.Tensor, what: str) -> None:
+    if x.shape[0] == 0:
+        raise ValueError(f"The {what} is empty; pass at least one example.")
+    if not torch.is_floating_point(x):
+        raise ValueError(
+            f"The {what} has integer dtype {x.dtype}; convert it with x.float() (and scale "
+            "8-bit pixels to [0, 1] with x / 255)."
+        )
+    finite = torch.isfinite(x)
+    if not finite.all():
+        bad = (~finite).reshape(x.shape[0], -1).any(1).nonzero().flatten()
+        raise ValueError(
+            f"The {what} contains NaN or inf in {bad.numel()} examples (first at index "
+            f"{bad[0].item()}); clean or drop them before training."
+        )
+
+
+class _TensorBatches:
+    """Shuffled index batches over tensors already on the device."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = torch.Generator()
+
+    def __len__(self) -> int:
+        return math.ceil(self.x.shape[0] / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.x.device)
+        for idx in order.split(self.batch_size):
+            yield self.x[idx], (None if self.y is None else self.y[idx])
+
+
+class _LoaderBatches:
+    """Batches from a DataLoader, moved to the device."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+        self.generator = loader.generator if loader.generator is not None else torch.Generator()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for batch in self.loader:
+            if isinstance(batch, torch.Tensor):
+                yield batch.to(self.device), None
+            else:
+                yield batch[0].to(self.device), (
+                    batch[1].to(self.device) if len(batch) > 1 else None
+                )
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _owner_modules(*fns: Callable) -> list[nn.Module]:
+    """The nn.Modules behind model and guide (a module, or a bound method of one)."""
+    modules: list[nn.Module] = []
+    for fn in fns:
+        owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+        if isinstance(owner, nn.Module) and all(owner is not m for m in modules):
+            modules.append(owner)
+    return modules
+
+
+def _trainable_params(
+    loss_fn: nn.Module, modules: list[nn.Module], x: torch.Tensor, kwargs: dict[str, Any]
+) -> tuple[list[torch.Tensor], list[str]]:
+    """Module parameters plus every ``pyro.param`` site (``pyro.module`` included) that one
+    evaluation of the loss touches, deduplicated; and the names of the param-store sites
+    that do not belong to the modules (saved separately in checkpoints)."""
+    params: dict[int, torch.Tensor] = {}
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad:
+                params[id(p)] = p
+    module_params = set(params)
+    with poutine.trace(param_only=True) as capture:
+        loss_fn(x, **kwargs)
+    store_names = []
+    for name, site in capture.trace.nodes.items():
+        value = site["value"]
+        value = value.unconstrained() if hasattr(value, "unconstrained") else value
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            params.setdefault(id(value), value)
+            if id(value) not in module_params and name in pyro.get_param_store():
+                store_names.append(name)
+    return list(params.values()), store_names
+
+
+def _param_store_state(names: list[str]) -> dict[str, torch.Tensor]:
+    store = pyro.get_param_store()
+    return {n: store._params[n].detach().clone() for n in names if n in store._params}
+
+
+# --------------------------------------------------------------------------- rng
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "random": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device: str | torch.device | None, modules: list[nn.Module]) -> torch.device:
+    """The device to train on; ``None`` keeps the device of the parameters (CPU if none)."""
+    if device is None:
+        for m in modules:
+            for t in (*m.parameters(), *m.buffers()):
+                return t.device
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}; use e.g. 'cpu' or 'cuda'.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"Device {device} was requested but CUDA is not available here; use --device cpu."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Device {device} was requested but MPS is not available; use cpu.")
+    return device
+
+
+def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _load_modules(modules: list[nn.Module], states: list[dict[str, torch.Tensor]]) -> None:
+    if len(states) != len(modules):
+        raise ValueError(
+            f"The checkpoint holds {len(states)} module(s) but this model/guide pair has "
+            f"{len(modules)}; it was written for a different model."
+        )
+    for module, state in zip(modules, states, strict=True):
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(
+                "The checkpoint does not match this model: "
+                f"missing {missing[:5]}, unexpected {extra[:5]}. Build the model with the "
+                "config the checkpoint was written with (config.json)."
+            )
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"The checkpoint does not match this model at {key!r}: the checkpoint "
+                    f"has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}. "
+                    "Check latent_dim, hidden dims and the parts in config.json."
+                )
+        module.load_state_dict(state)
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"The run directory {path} is not writable ({e.strerror}); choose another "
+            "output directory or free some space."
+        ) from None
+    return path
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data: Data,
+    *,
+    objective: str | ELBO = "elbo",
+    num_particles: int = 1,
+    optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+    lr: float = 1e-3,
+    epochs: int = 10,
+    batch_size: int = 128,
+    validation_data: Data | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callbacks: Sequence[Callback] = (),
+    run_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+    sync_every: int = 50,
+    eval_examples: int = 2000,
+) -> History:
+    r"""Train a model/guide pair by stochastic variational inference, maximising
+
+    .. math:: \mathrm{ELBO} = \sum_{n} \mathbb{E}_{q(z_n \mid x_n)}
+        \left[\log p(x_n, z_n) - \log q(z_n \mid x_n)\right].
+
+    Works for any pair that follows the site conventions (observed ``"x"``, plate
+    ``"data"``), not only :class:`~pyro_vae.vae.VAE`: ``model(x)`` / ``guide(x)``, with
+    ``y=labels`` passed too when the data has labels and the function takes ``y``.
+
+    :param model: Pyro model, e.g. ``vae.model``.
+    :param guide: Pyro guide, e.g. ``vae.guide``.
+    :param data: training data: a tensor ``x``, a tuple ``(x, y)``, a ``TensorDataset``,
+        any ``Dataset`` of ``x`` or ``(x, y)`` items, or a ``DataLoader`` (used as is).
+    :param objective: ``"elbo"`` (:class:`~pyro.infer.Trace_ELBO`), ``"meanfield"``
+        (:class:`~pyro.infer.TraceMeanField_ELBO`) or an :class:`~pyro.infer.ELBO`.
+    :param num_particles: samples of ``z`` per example, with a named objective.
+    :param optimizer: a factory ``params -> torch.optim.Optimizer``, e.g.
+        ``functools.partial(torch.optim.Adam, lr=1e-3)``; default Adam with ``lr``.
+    :param lr: learning rate of the default optimizer.
+    :param epochs: total number of epochs (a resumed run continues up to this number).
+    :param batch_size: examples per step.
+    :param validation_data: data for the per-epoch validation ELBO and its terms.
+    :param device: where to train (``"cpu"``, ``"cuda"``, ...); default: where the
+        parameters are.
+    :param seed: seeds Pyro/torch/numpy/random and the data order.
+    :param transform: applied to each training batch on the device, e.g.
+        :class:`~pyro_vae.data.DynamicBinarization`; its ``state_dict`` (if any) is
+        checkpointed.
+    :param callbacks: functions called with each epoch's record; returning ``True`` stops
+        training after that epoch.
+    :param run_dir: if given, ``config.json``, ``metrics.jsonl`` and ``checkpoint.pt``
+        (model, optimizer, RNG and data-order state) are written there every epoch.
+    :param resume: a checkpoint file (or run directory) to continue from.
+    :param config: JSON-serialisable description of the run, saved in ``config.json``
+        and in the checkpoint.
+    :param progress: show a tqdm progress bar.
+    :param sync_every: read the loss back to the host every this many steps.
+    :param eval_examples: training examples used for the per-epoch train KL and
+        reconstruction terms.
+    :returns: the :class:`History` of per-epoch records.
+    :raises ValueError: for bad data, arguments or an incompatible checkpoint.
+    :raises TrainingDivergedError: when the loss becomes NaN or infinite.
+    """
+    _check_positive_int("epochs", epochs, 0)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("sync_every", sync_every)
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}.")
+    modules = _owner_modules(model, guide)
+    device = resolve_device(device, modules)
+    for m in modules:
+        m.to(device)
+    check_data = getattr(modules[0], "check_data", None) if modules else None
+
+    # Data: tensors go to the device once; other datasets through a DataLoader.
+    xy = _as_xy(data)
+    if xy is not None:
+        x, y = xy
+        _check_x(x, "training data")
+        if batch_size > x.shape[0]:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {x.shape[0]} training examples; "
+                f"use batch_size <= {x.shape[0]}."
+            )
+        if check_data is not None and transform is None:
+            check_data(x)
+        x = x.to(device)
+        y = None if y is None else y.to(device)
+        batches: _TensorBatches | _LoaderBatches = _TensorBatches(x, y, batch_size)
+        num_examples = x.shape[0]
+    else:
+        if isinstance(data, DataLoader):
+            loader = data
+        elif isinstance(data, Dataset):
+            if len(data) == 0:  # type: ignore[arg-type]
+                raise ValueError("The training data is empty; pass at least one example.")
+            loader = DataLoader(data, batch_size=batch_size, shuffle=True,
+                                generator=torch.Generator())
+        else:
+            raise ValueError(
+                f"Unsupported data type {type(data).__name__}: pass a tensor, (x, y), a "
+                "Dataset or a DataLoader."
+            )
+        batches = _LoaderBatches(loader, device)
+        num_examples = len(loader.dataset)  # type: ignore[arg-type]
+        x = y = None
+    val = None
+    if validation_data is not None:
+        val = _as_xy(validation_data)
+        if val is None:
+            raise ValueError("validation_data must be a tensor, (x, y) or a TensorDataset.")
+        _check_x(val[0], "validation data")
+        if check_data is not None:
+            check_data(val[0])
+        val = (val[0].to(device), None if val[1] is None else val[1].to(device))
+
+    pyro.set_rng_seed(seed)
+    batches.generator.manual_seed(seed)
+
+    # A fixed training subset for the per-epoch train KL / reconstruction terms. It is drawn
+    # before any checkpoint state is restored, so resumed and uninterrupted runs agree.
+    first_x, first_y = next(iter(_TensorBatches(x, y, min(eval_examples, num_examples))
+                                 if x is not None else batches))
+    if transform is not None:
+        first_x = transform(first_x)
+    train_eval = (first_x, first_y)
+
+    elbo = make_objective(objective, num_particles)
+    loss_fn = elbo(model, guide)
+    kw_model = label_kwargs(model, train_eval[1])
+    probe_x = train_eval[0][: min(batch_size, len(train_eval[0]))]
+    probe_kw = {k: v[: len(probe_x)] for k, v in kw_model.items()}
+    if check_data is not None:
+        check_data(probe_x)
+    with pyro.validation_enabled(True):  # the first evaluation is fully validated
+        params, param_names = _trainable_params(loss_fn, modules, probe_x, probe_kw)
+    if not params:
+        raise ValueError(
+            "The model and guide have no trainable parameters: make them nn.Modules (e.g. "
+            "PyroModule) or register networks with pyro.module / pyro.param."
+        )
+    make_opt = optimizer or partial(torch.optim.Adam, lr=lr, foreach=True)
+    optim = make_opt(params)
+
+    history = History()
+    start_epoch, step = 0, 0
+    run_path = _writable_dir(Path(run_dir)) if run_dir is not None else None
+    if resume is not None:
+        resume = Path(resume)
+        ckpt = load_checkpoint(resume / CHECKPOINT_NAME if resume.is_dir() else resume)
+        _load_modules(modules, ckpt["modules"])
+        store = pyro.get_param_store()
+        for name, value in ckpt.get("param_store", {}).items():
+            if name in store._params:
+                with torch.no_grad():
+                    store._params[name].copy_(value)
+        try:
+            optim.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"The checkpoint's optimizer state does not fit: {e}") from None
+        _set_rng_state(ckpt["rng"])
+        batches.generator.set_state(ckpt["data_generator"])
+        if transform is not None and ckpt.get("transform") is not None:
+            transform.load_state_dict(ckpt["transform"])  # type: ignore[attr-defined]
+        history.records = list(ckpt["history"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+    if run_path is not None:
+        (run_path / CONFIG_NAME).write_text(json.dumps(config or {}, indent=2) + "\n")
+        if resume is None:
+            (run_path / METRICS_NAME).write_text("")
+
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "step": step,
+            "modules": [m.state_dict() for m in modules],
+            "param_store": _param_store_state(param_names),
+            "optimizer": optim.state_dict(),
+            "rng": _rng_state(),
+            "data_generator": batches.generator.get_state(),
+            "transform": getattr(transform, "state_dict", lambda: None)(),
+            "history": history.records,
+            "config": config or {},
+        }
+
+    kw_ok = accepts_y(model)
+    with pyro.validation_enabled(False):
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            bad_step = torch.full((), -1, dtype=torch.long, device=device)
+            seen = 0
+            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not progress, leave=False, unit="step")
+            for i, (xb, yb) in enumerate(batches):
+                if transform is not None:
+                    xb = transform(xb)
+                kwargs = {"y": yb} if kw_ok and yb is not None else {}
+                loss = loss_fn(xb, **kwargs)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                loss = loss.detach()
+                loss_sum += loss
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss),
+                                       torch.tensor(step, device=device), bad_step)
+                step += 1
+                seen += xb.shape[0]
+                if (i + 1) % sync_every == 0 or i + 1 == len(batches):
+                    total = loss_sum.item()
+                    if not math.isfinite(total):
+                        raise TrainingDivergedError(_diverged_message(int(bad_step), run_path))
+                    rate = seen / (time.perf_counter() - t0)
+                    bar.set_postfix(elbo=f"{-total / seen:.2f}", ex_s=f"{rate:.0f}")
+                bar.update(1)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            record: dict[str, float] = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_elbo": -loss_sum.item() / seen,
+            }
+            record.update(_mean_terms("train", model, guide, *train_eval))
+            if val is not None:
+                record.update(_mean_terms("val", model, guide, *val))
+            record["seconds"] = seconds
+            record["examples_per_s"] = seen / seconds
+            history.records.append(record)
+            if progress:
+                tqdm.write(_format_record(record))
+            if run_path is not None:
+                with open(run_path / METRICS_NAME, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                save_checkpoint(run_path / CHECKPOINT_NAME, checkpoint_state(epoch + 1))
+            if any([bool(cb(record)) for cb in callbacks]):
+                break
+    return history
+
+
+def _mean_terms(prefix: str, model: Callable, guide: Callable, x: torch.Tensor,
+                y: torch.Tensor | None) -> dict[str, float]:
+    """Mean ELBO terms; for the training subset only KL and reconstruction, since the
+    running ``train_elbo`` of the epoch is recorded from the loss itself."""
+    terms = elbo_terms(model, guide, x, y)
+    return {f"{prefix}_{k}": v.mean().item() for k, v in terms.items()
+            if prefix == "val" or k != "elbo"}
+
+
+def _format_record(r: dict[str, float]) -> str:
+    parts = [f"epoch {int(r['epoch'])}", f"train ELBO {r['train_elbo']:.2f}"]
+    if "val_elbo" in r:
+        parts.append(f"val ELBO {r['val_elbo']:.2f} (KL {r['val_kl']:.2f})")
+    parts.append(f"{r['examples_per_s']:.0f} ex/s")
+    return " | ".join(parts)
+
+
+def _diverged_message(bad_step: int, run_path: Path | None) -> str:
+    where = f"at step {bad_step}" if bad_step >= 0 else "during the last steps"
+    resume = (
+        f" The last good checkpoint is {run_path / CHECKPOINT_NAME}; resume from it with a "
+        "lower learning rate (pyro-vae train --resume RUN_DIR --lr ...)."
+        if run_path is not None and (run_path / CHECKPOINT_NAME).exists() else ""
+    )
+    return (
+        f"The loss became NaN or infinite {where}. Likely causes: a learning rate that is "
+        "too high, a likelihood scale collapsing to zero, or extreme values in the data."
+        + resume
+    )

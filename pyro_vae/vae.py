@@ -1,0 +1,140 @@
+r"""The VAE as a Pyro program, assembled from a prior, a likelihood and a guide.
+
+Generative model and amortized guide:
+
+.. math::
+
+    p_\theta(x, z) = p_\theta(z)\, p_\theta(x \mid z), \qquad q_\phi(z \mid x).
+
+Site conventions, shared by every function of this library that takes a model and a guide:
+observed site ``"x"``, latent site ``"z"``, optional label site ``"y"``, and the plate
+``"data"`` over the examples of a batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+
+__all__ = ["VAE"]
+
+_names = itertools.count()
+
+
+class VAE(PyroModule):
+    r"""A variational autoencoder whose parts are plug-ins.
+
+    ``vae.model`` and ``vae.guide`` are ordinary Pyro callables, usable with
+    :class:`pyro.infer.SVI`, :class:`pyro.infer.Predictive` and :func:`pyro_vae.fit`::
+
+        vae = VAE(StandardNormalPrior(20),
+                  BernoulliLikelihood.mlp(20, (1, 28, 28)),
+                  DiagonalNormalGuide.mlp((1, 28, 28), 20))
+
+    Each instance gets a unique Pyro name (``vae0``, ``vae1``, ...), so the parameters of
+    two models never collide in Pyro's global param store.
+
+    :param prior: :math:`p(z)`, e.g. :class:`~pyro_vae.priors.StandardNormalPrior`.
+    :param likelihood: :math:`p(x \mid z)`, e.g. :class:`~pyro_vae.likelihoods.BernoulliLikelihood`.
+    :param guide: :math:`q(z \mid x)`, e.g. :class:`~pyro_vae.guides.DiagonalNormalGuide`;
+        stored as ``vae.posterior`` (``vae.guide`` is the Pyro guide function).
+    :param name: the Pyro name prefix of the parameters; unique by default.
+    """
+
+    def __init__(
+        self,
+        prior: PyroModule,
+        likelihood: PyroModule,
+        guide: PyroModule,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=f"vae{next(_names)}" if name is None else name)
+        dims = {
+            part: getattr(module, "latent_dim", None)
+            for part, module in (("prior", prior), ("guide", guide))
+        }
+        if None not in dims.values() and len(set(dims.values())) > 1:
+            raise ValueError(
+                f"The prior has latent_dim={dims['prior']} but the guide has "
+                f"latent_dim={dims['guide']}; build both with the same latent_dim."
+            )
+        self.prior = prior
+        self.likelihood = likelihood
+        self.posterior = guide
+
+    @property
+    def latent_dim(self) -> int | None:
+        return getattr(self.prior, "latent_dim", None)
+
+    @property
+    def x_shape(self) -> tuple[int, ...] | None:
+        return getattr(self.likelihood, "x_shape", None)
+
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> torch.Tensor:
+        r"""The generative model :math:`z \sim p(z),\ x \sim p(x \mid z)`.
+
+        :param x: observed data ``(N, *x_shape)``; with ``None``, ``x`` is sampled.
+        :param y: optional labels ``(N,)``, passed to conditional parts.
+        :param num_samples: the batch size when both ``x`` and ``y`` are ``None``.
+        :returns: the observed or sampled ``x``.
+        """
+        with pyro.plate("data", self._batch_size(x, y, num_samples)):
+            z = pyro.sample("z", self.prior.dist(y))
+            return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
+
+    def guide(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> torch.Tensor:
+        r"""The amortized guide :math:`z \sim q(z \mid x)`.
+
+        ``num_samples`` is accepted (and ignored) so that the guide takes the same
+        arguments as the model.
+        """
+        if x is None:
+            raise ValueError("The guide needs data x; sample from vae.model to generate.")
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", self.posterior.dist(x, y))
+
+    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Raise :class:`ValueError` naming the fix if ``x`` does not suit this VAE."""
+        shape = self.x_shape
+        if shape is not None and tuple(x.shape[1:]) != shape:
+            hint = ""
+            if x[0].numel() == torch.Size(shape).numel():
+                hint = f" Reshape it with x.reshape(-1, *{shape})."
+            raise ValueError(
+                f"The data items have shape {tuple(x.shape[1:])}, but the likelihood "
+                f"expects {shape}.{hint}"
+            )
+        check = getattr(self.likelihood, "check_data", None)
+        if check is not None:
+            check(x)
+
+    @staticmethod
+    def _batch_size(
+        x: torch.Tensor | None, y: torch.Tensor | None, num_samples: int | None
+    ) -> int:
+        if x is not None:
+            return x.shape[0]
+        if y is not None:
+            return y.shape[0]
+        if num_samples is None or num_samples <= 0:
+            raise ValueError(
+                "With x=None the model needs num_samples > 0 (or labels y) to know how "
+                f"many examples to generate; got num_samples={num_samples!r}."
+            )
+        return num_samples

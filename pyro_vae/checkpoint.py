@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "load_module_states", "save_checkpoint"]
 
 FORMAT = "pyro-vae-checkpoint"
 VERSION = 1
@@ -27,6 +27,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -68,3 +69,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"reads version {VERSION}."
         )
     return state
+
+
+def load_module_states(
+    modules: list[torch.nn.Module], states: list[dict[str, torch.Tensor]]
+) -> None:
+    """Load checkpointed state dicts into modules; a mismatch raises a ValueError that
+    names the first differing parameter and its shapes."""
+    if len(states) != len(modules):
+        raise ValueError(
+            f"The checkpoint holds {len(states)} module(s) but this model/guide pair has "
+            f"{len(modules)}; it was written for a different model."
+        )
+    for module, state in zip(modules, states, strict=True):
+        own = module.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(
+                "The checkpoint does not match this model: "
+                f"missing {missing[:5]}, unexpected {extra[:5]}. Build the model with the "
+                "config the checkpoint was written with (config.json)."
+            )
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"The checkpoint does not match this model at {key!r}: the checkpoint "
+                    f"has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}. "
+                    "Check latent_dim, hidden dims and the parts in config.json."
+                )
+        module.load_state_dict(state)

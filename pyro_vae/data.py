@@ -250,9 +250,7 @@ def load_tensor_file(path: str | os.PathLike) -> TensorDataset:
     if "y" in arrays:
         y = torch.as_tensor(np.asarray(arrays["y"]) if suffix != ".pt" else arrays["y"])
         if y.shape[0] != tensors[0].shape[0]:
-            raise ValueError(
-                f"{path}: x has {tensors[0].shape[0]} rows but y has {y.shape[0]}."
-            )
+            raise ValueError(f"{path}: x has {tensors[0].shape[0]} rows but y has {y.shape[0]}.")
         tensors.append(y)
     return TensorDataset(*tensors)
 

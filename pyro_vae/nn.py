@@ -8,6 +8,7 @@ decoders take ``(*batch, in_dim)`` and return ``(*batch, *out_shape)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -48,7 +49,7 @@ class MLP(nn.Module):
             _check_positive("each hidden dim", h)
         widths = [math.prod(self.in_shape), *hidden_dims]
         layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:], strict=True):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), activation()]
         layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
         self.net = nn.Sequential(*layers)

@@ -3,7 +3,8 @@ r"""Training objectives: Pyro ELBO estimators.
 .. math::
 
     \log p(x) \;=\; \underbrace{\mathbb{E}_{q(z\mid x)}[\log p(x\mid z)]
-    - \mathrm{KL}(q(z\mid x)\,\|\,p(z))}_{\mathrm{ELBO}} \;+\; \mathrm{KL}(q(z\mid x)\,\|\,p(z\mid x)).
+    - \mathrm{KL}(q(z\mid x)\,\|\,p(z))}_{\mathrm{ELBO}}
+    \;+\; \mathrm{KL}(q(z\mid x)\,\|\,p(z\mid x)).
 
 ``"elbo"`` is :class:`pyro.infer.Trace_ELBO` (Monte Carlo KL); ``"meanfield"`` is
 :class:`pyro.infer.TraceMeanField_ELBO`, which uses the analytic KL where one is registered

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from ._sites import accepts_y, label_kwargs
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_module_states, save_checkpoint
 from .evaluate import elbo_terms
 from .objectives import make_objective
 
@@ -142,8 +142,9 @@ class _LoaderBatches:
             if isinstance(batch, torch.Tensor):
                 yield batch.to(self.device), None
             else:
-                yield batch[0].to(self.device), (
-                    batch[1].to(self.device) if len(batch) > 1 else None
+                yield (
+                    batch[0].to(self.device),
+                    (batch[1].to(self.device) if len(batch) > 1 else None),
                 )
 
 
@@ -241,32 +242,6 @@ def resolve_device(device: str | torch.device | None, modules: list[nn.Module]) 
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _load_modules(modules: list[nn.Module], states: list[dict[str, torch.Tensor]]) -> None:
-    if len(states) != len(modules):
-        raise ValueError(
-            f"The checkpoint holds {len(states)} module(s) but this model/guide pair has "
-            f"{len(modules)}; it was written for a different model."
-        )
-    for module, state in zip(modules, states, strict=True):
-        own = module.state_dict()
-        missing = sorted(set(own) - set(state))
-        extra = sorted(set(state) - set(own))
-        if missing or extra:
-            raise ValueError(
-                "The checkpoint does not match this model: "
-                f"missing {missing[:5]}, unexpected {extra[:5]}. Build the model with the "
-                "config the checkpoint was written with (config.json)."
-            )
-        for key, value in state.items():
-            if own[key].shape != value.shape:
-                raise ValueError(
-                    f"The checkpoint does not match this model at {key!r}: the checkpoint "
-                    f"has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}. "
-                    "Check latent_dim, hidden dims and the parts in config.json."
-                )
-        module.load_state_dict(state)
 
 
 def _writable_dir(path: Path) -> Path:
@@ -385,8 +360,9 @@ def fit(
         elif isinstance(data, Dataset):
             if len(data) == 0:  # type: ignore[arg-type]
                 raise ValueError("The training data is empty; pass at least one example.")
-            loader = DataLoader(data, batch_size=batch_size, shuffle=True,
-                                generator=torch.Generator())
+            loader = DataLoader(
+                data, batch_size=batch_size, shuffle=True, generator=torch.Generator()
+            )
         else:
             raise ValueError(
                 f"Unsupported data type {type(data).__name__}: pass a tensor, (x, y), a "
@@ -410,8 +386,9 @@ def fit(
 
     # A fixed training subset for the per-epoch train KL / reconstruction terms. It is drawn
     # before any checkpoint state is restored, so resumed and uninterrupted runs agree.
-    first_x, first_y = next(iter(_TensorBatches(x, y, min(eval_examples, num_examples))
-                                 if x is not None else batches))
+    first_x, first_y = next(
+        iter(_TensorBatches(x, y, min(eval_examples, num_examples)) if x is not None else batches)
+    )
     if transform is not None:
         first_x = transform(first_x)
     train_eval = (first_x, first_y)
@@ -439,7 +416,7 @@ def fit(
     if resume is not None:
         resume = Path(resume)
         ckpt = load_checkpoint(resume / CHECKPOINT_NAME if resume.is_dir() else resume)
-        _load_modules(modules, ckpt["modules"])
+        load_module_states(modules, ckpt["modules"])
         store = pyro.get_param_store()
         for name, value in ckpt.get("param_store", {}).items():
             if name in store._params:
@@ -481,8 +458,13 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             bad_step = torch.full((), -1, dtype=torch.long, device=device)
             seen = 0
-            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False, unit="step")
+            bar = tqdm(
+                total=len(batches),
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not progress,
+                leave=False,
+                unit="step",
+            )
             for i, (xb, yb) in enumerate(batches):
                 if transform is not None:
                     xb = transform(xb)
@@ -493,8 +475,11 @@ def fit(
                 optim.step()
                 loss = loss.detach()
                 loss_sum += loss
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss),
-                                       torch.tensor(step, device=device), bad_step)
+                bad_step = torch.where(
+                    (bad_step < 0) & ~torch.isfinite(loss),
+                    torch.tensor(step, device=device),
+                    bad_step,
+                )
                 step += 1
                 seen += xb.shape[0]
                 if (i + 1) % sync_every == 0 or i + 1 == len(batches):
@@ -528,13 +513,15 @@ def fit(
     return history
 
 
-def _mean_terms(prefix: str, model: Callable, guide: Callable, x: torch.Tensor,
-                y: torch.Tensor | None) -> dict[str, float]:
+def _mean_terms(
+    prefix: str, model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None
+) -> dict[str, float]:
     """Mean ELBO terms; for the training subset only KL and reconstruction, since the
     running ``train_elbo`` of the epoch is recorded from the loss itself."""
     terms = elbo_terms(model, guide, x, y)
-    return {f"{prefix}_{k}": v.mean().item() for k, v in terms.items()
-            if prefix == "val" or k != "elbo"}
+    return {
+        f"{prefix}_{k}": v.mean().item() for k, v in terms.items() if prefix == "val" or k != "elbo"
+    }
 
 
 def _format_record(r: dict[str, float]) -> str:
@@ -550,10 +537,10 @@ def _diverged_message(bad_step: int, run_path: Path | None) -> str:
     resume = (
         f" The last good checkpoint is {run_path / CHECKPOINT_NAME}; resume from it with a "
         "lower learning rate (pyro-vae train --resume RUN_DIR --lr ...)."
-        if run_path is not None and (run_path / CHECKPOINT_NAME).exists() else ""
+        if run_path is not None and (run_path / CHECKPOINT_NAME).exists()
+        else ""
     )
     return (
         f"The loss became NaN or infinite {where}. Likely causes: a learning rate that is "
-        "too high, a likelihood scale collapsing to zero, or extreme values in the data."
-        + resume
+        "too high, a likelihood scale collapsing to zero, or extreme values in the data." + resume
     )

@@ -125,9 +125,7 @@ class VAE(PyroModule):
             check(x)
 
     @staticmethod
-    def _batch_size(
-        x: torch.Tensor | None, y: torch.Tensor | None, num_samples: int | None
-    ) -> int:
+    def _batch_size(x: torch.Tensor | None, y: torch.Tensor | None, num_samples: int | None) -> int:
         if x is not None:
             return x.shape[0]
         if y is not None:

@@ -1,0 +1,37 @@
+"""Shared fixtures: a clean param store, validation on and a fixed seed for every test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def clean_pyro_state():
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    torch.set_num_threads(2)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (CI has it). Missing data is a failure, not a
+    skip: these tests are the proof that the loaders read the real files."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing; the real-data tests need ../shared/data.")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    from pyro_vae import load_bundled_mnist
+
+    return load_bundled_mnist()

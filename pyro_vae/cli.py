@@ -253,7 +253,8 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR up to --epochs (its model options are reused)",
+        help="continue the run in RUN_DIR (its saved options are reused; give --epochs to "
+        "train longer)",
     )
     opt("--no-progress", action="store_true", default=False, help="hide the progress bar")
     return parser
@@ -270,7 +271,12 @@ def _train_config(args: argparse.Namespace, explicit: dict[str, Any]) -> dict[st
                     f"resumed, which has {key}={saved.get(key)!r}; drop the option or start "
                     "a new run."
                 )
-        for key in (*MODEL_FIELDS, "x_shape", "data_dir", "data_file"):
+        # Everything not given explicitly continues as saved (epochs, lr, seed, ...);
+        # the run directory is the one named by --resume, never a path from the file.
+        for key, value in saved.items():
+            if key in config and key not in explicit and key not in ("resume", "out"):
+                config[key] = value
+        for key in (*MODEL_FIELDS, "x_shape"):
             if key in saved:
                 config[key] = saved[key]
         config["out"] = str(args.resume)
@@ -284,8 +290,9 @@ def _train_config(args: argparse.Namespace, explicit: dict[str, Any]) -> dict[st
     return config
 
 
-def train(config: dict[str, Any], progress: bool = True) -> dict[str, float]:
-    """Run ``pyro-vae train`` for a config; returns the test metrics."""
+def train(config: dict[str, Any], progress: bool = True) -> dict[str, float] | None:
+    """Run ``pyro-vae train`` for a config; returns the test metrics, or ``None`` when
+    training was interrupted with Ctrl-C (the checkpoint is then resumable)."""
     started = time.perf_counter()
     splits = load_splits(config)
     train_ds, transform, valid, test = prepare(splits, config)
@@ -314,6 +321,8 @@ def train(config: dict[str, Any], progress: bool = True) -> dict[str, float]:
         config=config,
         progress=progress,
     )
+    if history.interrupted:
+        return None
     device = torch.device(config["device"])
     x_test, *rest = test.tensors
     x_test = x_test.to(device)
@@ -355,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             config = _train_config(args, explicit)
-            train(config, progress=not args.no_progress)
+            if train(config, progress=not args.no_progress) is None:
+                return 130  # interrupted by Ctrl-C; the checkpoint is resumable
     except (ValueError, TrainingDivergedError) as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,9 @@ import json
 import math
 import os
 import random
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from ._sites import accepts_y, label_kwargs
+from ._sites import accepts_y
 from .checkpoint import load_checkpoint, load_module_states, save_checkpoint
 from .evaluate import elbo_terms
 from .objectives import make_objective
@@ -61,6 +64,8 @@ class History:
     """
 
     records: list[dict[str, float]] = field(default_factory=list)
+    #: True when training stopped early on Ctrl-C (SIGINT); the run is resumable.
+    interrupted: bool = False
 
     def __getitem__(self, key: str) -> list[float]:
         return [r[key] for r in self.records if key in r]
@@ -283,6 +288,7 @@ def fit(
     progress: bool = True,
     sync_every: int = 50,
     eval_examples: int = 2000,
+    on_nan: str = "raise",
 ) -> History:
     r"""Train a model/guide pair by stochastic variational inference, maximising
 
@@ -291,7 +297,8 @@ def fit(
 
     Works for any pair that follows the site conventions (observed ``"x"``, plate
     ``"data"``), not only :class:`~pyro_vae.vae.VAE`: ``model(x)`` / ``guide(x)``, with
-    ``y=labels`` passed too when the data has labels and the function takes ``y``.
+    ``y=labels`` passed too when the data has labels and both functions take ``y`` (Pyro
+    gives model and guide the same arguments).
 
     :param model: Pyro model, e.g. ``vae.model``.
     :param guide: Pyro guide, e.g. ``vae.guide``.
@@ -323,6 +330,14 @@ def fit(
     :param sync_every: read the loss back to the host every this many steps.
     :param eval_examples: training examples used for the per-epoch train KL and
         reconstruction terms.
+    :param on_nan: what to do when a step's loss or gradient is NaN or infinite:
+        ``"raise"`` (default) stops with :class:`TrainingDivergedError`; ``"skip"`` drops
+        that batch; ``"reduce_lr"`` drops it and halves the learning rate. The last two
+        check every step (one host sync per step) and give up after 10 bad steps in a row.
+
+    Ctrl-C (SIGINT) finishes the current step, writes a checkpoint to ``run_dir`` (also in
+    the middle of an epoch) and returns the history with ``history.interrupted = True``;
+    ``resume=run_dir`` continues exactly where it stopped. A second Ctrl-C aborts at once.
     :returns: the :class:`History` of per-epoch records.
     :raises ValueError: for bad data, arguments or an incompatible checkpoint.
     :raises TrainingDivergedError: when the loss becomes NaN or infinite.
@@ -330,6 +345,8 @@ def fit(
     _check_positive_int("epochs", epochs, 0)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("sync_every", sync_every)
+    if on_nan not in ("raise", "skip", "reduce_lr"):
+        raise ValueError(f"on_nan must be 'raise', 'skip' or 'reduce_lr', got {on_nan!r}.")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}.")
     modules = _owner_modules(model, guide)
@@ -395,7 +412,8 @@ def fit(
 
     elbo = make_objective(objective, num_particles)
     loss_fn = elbo(model, guide)
-    kw_model = label_kwargs(model, train_eval[1])
+    kw_ok = accepts_y(model) and accepts_y(guide)
+    kw_model = {"y": train_eval[1]} if kw_ok and train_eval[1] is not None else {}
     probe_x = train_eval[0][: min(batch_size, len(train_eval[0]))]
     probe_kw = {k: v[: len(probe_x)] for k, v in kw_model.items()}
     if check_data is not None:
@@ -413,6 +431,9 @@ def fit(
     history = History()
     start_epoch, step = 0, 0
     run_path = _writable_dir(Path(run_dir)) if run_dir is not None else None
+    if run_path is not None:
+        _check_free_space(run_path, params)
+    resume_batch, resume_loss, resume_seen, epoch_generator = 0, 0.0, 0, None
     if resume is not None:
         resume = Path(resume)
         ckpt = load_checkpoint(resume / CHECKPOINT_NAME if resume.is_dir() else resume)
@@ -432,15 +453,30 @@ def fit(
             transform.load_state_dict(ckpt["transform"])  # type: ignore[attr-defined]
         history.records = list(ckpt["history"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        resume_batch = int(ckpt.get("batch_in_epoch", 0))
+        if resume_batch:
+            epoch_generator = ckpt["epoch_generator"]
+            resume_loss, resume_seen = ckpt["loss_sum"], int(ckpt["seen"])
     if run_path is not None:
         (run_path / CONFIG_NAME).write_text(json.dumps(config or {}, indent=2) + "\n")
         if resume is None:
             (run_path / METRICS_NAME).write_text("")
 
-    def checkpoint_state(epoch: int) -> dict[str, Any]:
+    def checkpoint_state(epoch: int, batch_in_epoch: int = 0) -> dict[str, Any]:
+        partial_epoch = (
+            {
+                "batch_in_epoch": batch_in_epoch,
+                "epoch_generator": epoch_start_generator,
+                "loss_sum": loss_sum.detach().cpu(),
+                "seen": seen,
+            }
+            if batch_in_epoch
+            else {}
+        )
         return {
             "epoch": epoch,
             "step": step,
+            **partial_epoch,
             "modules": [m.state_dict() for m in modules],
             "param_store": _param_store_state(param_names),
             "optimizer": optim.state_dict(),
@@ -451,56 +487,91 @@ def fit(
             "config": config or {},
         }
 
-    kw_ok = accepts_y(model)
-    with pyro.validation_enabled(False):
+    guard = on_nan != "raise"
+    interrupt = _InterruptFlag()
+    with interrupt, pyro.validation_enabled(False):
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
+            skip = resume_batch if epoch == start_epoch else 0
+            if skip:
+                batches.generator.set_state(epoch_generator)
+            epoch_start_generator = batches.generator.get_state()
             loss_sum = torch.zeros((), device=device)
+            seen, seen_now, skipped, bad_run = 0, 0, 0, 0
+            if skip:
+                loss_sum += resume_loss.to(device)
+                seen = resume_seen
             bad_step = torch.full((), -1, dtype=torch.long, device=device)
-            seen = 0
             bar = tqdm(
                 total=len(batches),
+                initial=skip,
                 desc=f"epoch {epoch + 1}/{epochs}",
                 disable=not progress,
                 leave=False,
                 unit="step",
             )
             for i, (xb, yb) in enumerate(batches):
+                if i < skip:
+                    continue
                 if transform is not None:
                     xb = transform(xb)
                 kwargs = {"y": yb} if kw_ok and yb is not None else {}
                 loss = loss_fn(xb, **kwargs)
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
+                step += 1
+                if guard and not _all_finite(loss, params):
+                    skipped, bad_run = skipped + 1, bad_run + 1
+                    optim.zero_grad(set_to_none=True)
+                    if bad_run >= 10:
+                        raise TrainingDivergedError(_diverged_message(step, run_path))
+                    if on_nan == "reduce_lr":
+                        for group in optim.param_groups:
+                            group["lr"] *= 0.5
+                    bar.update(1)
+                    continue
+                bad_run = 0
                 optim.step()
                 loss = loss.detach()
                 loss_sum += loss
-                bad_step = torch.where(
-                    (bad_step < 0) & ~torch.isfinite(loss),
-                    torch.tensor(step, device=device),
-                    bad_step,
-                )
-                step += 1
+                if not guard:
+                    bad_step = torch.where(
+                        (bad_step < 0) & ~torch.isfinite(loss),
+                        torch.tensor(step, device=device),
+                        bad_step,
+                    )
                 seen += xb.shape[0]
-                if (i + 1) % sync_every == 0 or i + 1 == len(batches):
+                seen_now += xb.shape[0]
+                last = i + 1 == len(batches)
+                if (i + 1) % sync_every == 0 or last or interrupt.requested:
                     total = loss_sum.item()
                     if not math.isfinite(total):
                         raise TrainingDivergedError(_diverged_message(int(bad_step), run_path))
-                    rate = seen / (time.perf_counter() - t0)
-                    bar.set_postfix(elbo=f"{-total / seen:.2f}", ex_s=f"{rate:.0f}")
+                    rate = seen_now / (time.perf_counter() - t0)
+                    bar.set_postfix(elbo=f"{-total / max(seen, 1):.2f}", ex_s=f"{rate:.0f}")
                 bar.update(1)
+                if interrupt.requested and not last:
+                    bar.close()
+                    history.interrupted = True
+                    if run_path is not None:
+                        save_checkpoint(run_path / CHECKPOINT_NAME, checkpoint_state(epoch, i + 1))
+                    tqdm.write(_interrupted_message(epoch, i + 1, len(batches), run_path))
+                    return history
             bar.close()
             seconds = time.perf_counter() - t0
             record: dict[str, float] = {
                 "epoch": epoch + 1,
                 "step": step,
-                "train_elbo": -loss_sum.item() / seen,
+                "train_elbo": -loss_sum.item() / max(seen, 1),
             }
             record.update(_mean_terms("train", model, guide, *train_eval))
             if val is not None:
                 record.update(_mean_terms("val", model, guide, *val))
             record["seconds"] = seconds
-            record["examples_per_s"] = seen / seconds
+            record["examples_per_s"] = seen_now / seconds
+            if guard:
+                record["skipped_steps"] = skipped
+                record["lr"] = optim.param_groups[0]["lr"]
             history.records.append(record)
             if progress:
                 tqdm.write(_format_record(record))
@@ -508,9 +579,69 @@ def fit(
                 with open(run_path / METRICS_NAME, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 save_checkpoint(run_path / CHECKPOINT_NAME, checkpoint_state(epoch + 1))
+            if interrupt.requested:
+                history.interrupted = epoch + 1 < epochs
+                if history.interrupted:
+                    tqdm.write(_interrupted_message(epoch + 1, 0, len(batches), run_path))
+                break
             if any([bool(cb(record)) for cb in callbacks]):
                 break
     return history
+
+
+class _InterruptFlag:
+    """Context manager turning the first SIGINT into a request to stop after the current
+    step (a second SIGINT raises ``KeyboardInterrupt`` as usual). Only installed in the
+    main thread, where Python delivers signals."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Interrupted: finishing the current step and writing a checkpoint ...")
+
+    def __enter__(self) -> _InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _all_finite(loss: torch.Tensor, params: list[torch.Tensor]) -> bool:
+    """Whether the loss and every gradient are finite (one host sync)."""
+    flags = [torch.isfinite(loss).all()]
+    flags += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(flags).all())
+
+
+def _check_free_space(path: Path, params: list[torch.Tensor]) -> None:
+    """Refuse to start when the disk cannot hold a few checkpoints (parameters plus two
+    Adam moments, with a wide margin)."""
+    need = 4 * sum(p.numel() * p.element_size() for p in params) + (16 << 20)
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise ValueError(
+            f"Only {free / 2**20:.1f} MiB free in {path}, but checkpoints need about "
+            f"{need / 2**20:.1f} MiB; free some space or choose another output directory."
+        )
+
+
+def _interrupted_message(epoch: int, batch: int, num_batches: int, run_path: Path | None) -> str:
+    where = f"epoch {epoch + 1}, batch {batch}/{num_batches}" if batch else f"epoch {epoch}"
+    if run_path is None:
+        return f"Stopped after {where}; no run_dir was given, so nothing was saved."
+    return (
+        f"Stopped after {where}; checkpoint written to {run_path / CHECKPOINT_NAME}. "
+        f"Resume with: pyro-vae train --resume {run_path}  (or fit(..., resume={str(run_path)!r}))"
+    )
 
 
 def _mean_terms(

@@ -100,7 +100,7 @@ def test_learned_scale_is_trained(bundled):
 
 def test_bernoulli_refuses_grayscale(bundled):
     vae = make_vae("bernoulli", "mlp")
-    with pytest.raises(ValueError, match="binary data.*ContinuousBernoulli"):
+    with pytest.raises(ValueError, match=r"binary data.*ContinuousBernoulli"):
         fit(vae.model, vae.guide, bundled["train"].tensors[0][:256], epochs=1, progress=False)
 
 

@@ -32,9 +32,10 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._sites import accepts_y
 from .checkpoint import load_checkpoint, load_module_states, save_checkpoint
 from .evaluate import elbo_terms
@@ -141,6 +142,10 @@ class _LoaderBatches:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         for batch in self.loader:
@@ -350,6 +355,9 @@ def fit(
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}.")
     modules = _owner_modules(model, guide)
+    ctx = distributed.context()
+    writer = ctx is None or ctx.is_main  # only rank 0 writes files and progress
+    progress = progress and writer
     device = resolve_device(device, modules)
     for m in modules:
         m.to(device)
@@ -369,17 +377,30 @@ def fit(
             check_data(x)
         x = x.to(device)
         y = None if y is None else y.to(device)
-        batches: _TensorBatches | _LoaderBatches = _TensorBatches(x, y, batch_size)
+        batches: _TensorBatches | _LoaderBatches | distributed.ShardedBatches
+        if ctx is None:
+            batches = _TensorBatches(x, y, batch_size)
+        else:
+            batches = distributed.ShardedBatches(x, y, batch_size, ctx, seed)
         num_examples = x.shape[0]
     else:
         if isinstance(data, DataLoader):
             loader = data
+            if ctx is not None and not isinstance(loader.sampler, DistributedSampler):
+                raise ValueError(
+                    "In multi-process training a DataLoader must shard its data: build it "
+                    "with sampler=DistributedSampler(dataset), or pass the Dataset itself."
+                )
         elif isinstance(data, Dataset):
             if len(data) == 0:  # type: ignore[arg-type]
                 raise ValueError("The training data is empty; pass at least one example.")
-            loader = DataLoader(
-                data, batch_size=batch_size, shuffle=True, generator=torch.Generator()
-            )
+            if ctx is None:
+                loader = DataLoader(
+                    data, batch_size=batch_size, shuffle=True, generator=torch.Generator()
+                )
+            else:
+                sampler = DistributedSampler(data, shuffle=True, seed=seed)
+                loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
         else:
             raise ValueError(
                 f"Unsupported data type {type(data).__name__}: pass a tensor, (x, y), a "
@@ -398,8 +419,10 @@ def fit(
             check_data(val[0])
         val = (val[0].to(device), None if val[1] is None else val[1].to(device))
 
-    pyro.set_rng_seed(seed)
-    batches.generator.manual_seed(seed)
+    pyro.set_rng_seed(seed + (ctx.rank if ctx is not None else 0))
+    order = getattr(batches, "generator", None)  # None: the order is a function of the epoch
+    if order is not None:
+        order.manual_seed(seed)
 
     # A fixed training subset for the per-epoch train KL / reconstruction terms. It is drawn
     # before any checkpoint state is restored, so resumed and uninterrupted runs agree.
@@ -411,6 +434,7 @@ def fit(
     train_eval = (first_x, first_y)
 
     elbo = make_objective(objective, num_particles)
+    set_step = getattr(elbo, "set_step", None)  # schedules, e.g. BetaELBO's KL warm-up
     loss_fn = elbo(model, guide)
     kw_ok = accepts_y(model) and accepts_y(guide)
     kw_model = {"y": train_eval[1]} if kw_ok and train_eval[1] is not None else {}
@@ -430,8 +454,9 @@ def fit(
 
     history = History()
     start_epoch, step = 0, 0
-    run_path = _writable_dir(Path(run_dir)) if run_dir is not None else None
-    if run_path is not None:
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None and writer:
+        _writable_dir(run_path)
         _check_free_space(run_path, params)
     resume_batch, resume_loss, resume_seen, epoch_generator = 0, 0.0, 0, None
     if resume is not None:
@@ -447,8 +472,13 @@ def fit(
             optim.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:
             raise ValueError(f"The checkpoint's optimizer state does not fit: {e}") from None
-        _set_rng_state(ckpt["rng"])
-        batches.generator.set_state(ckpt["data_generator"])
+        per_rank = ckpt.get("rng_per_rank")
+        if ctx is not None and per_rank is not None and len(per_rank) == ctx.world_size:
+            _set_rng_state(per_rank[ctx.rank])
+        elif ctx is None or ctx.is_main:
+            _set_rng_state(ckpt["rng"])
+        if order is not None and ckpt.get("data_generator") is not None:
+            order.set_state(ckpt["data_generator"])
         if transform is not None and ckpt.get("transform") is not None:
             transform.load_state_dict(ckpt["transform"])  # type: ignore[attr-defined]
         history.records = list(ckpt["history"])
@@ -457,7 +487,9 @@ def fit(
         if resume_batch:
             epoch_generator = ckpt["epoch_generator"]
             resume_loss, resume_seen = ckpt["loss_sum"], int(ckpt["seen"])
-    if run_path is not None:
+    if ctx is not None:
+        distributed.broadcast_from_main([p.detach() for p in params])
+    if run_path is not None and writer:
         (run_path / CONFIG_NAME).write_text(json.dumps(config or {}, indent=2) + "\n")
         if resume is None:
             (run_path / METRICS_NAME).write_text("")
@@ -481,7 +513,8 @@ def fit(
             "param_store": _param_store_state(param_names),
             "optimizer": optim.state_dict(),
             "rng": _rng_state(),
-            "data_generator": batches.generator.get_state(),
+            "rng_per_rank": _gather_rng_states(ctx),
+            "data_generator": None if order is None else order.get_state(),
             "transform": getattr(transform, "state_dict", lambda: None)(),
             "history": history.records,
             "config": config or {},
@@ -493,9 +526,11 @@ def fit(
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             skip = resume_batch if epoch == start_epoch else 0
-            if skip:
-                batches.generator.set_state(epoch_generator)
-            epoch_start_generator = batches.generator.get_state()
+            if skip and order is not None:
+                order.set_state(epoch_generator)
+            epoch_start_generator = None if order is None else order.get_state()
+            if hasattr(batches, "set_epoch"):
+                batches.set_epoch(epoch)
             loss_sum = torch.zeros((), device=device)
             seen, seen_now, skipped, bad_run = 0, 0, 0, 0
             if skip:
@@ -516,9 +551,15 @@ def fit(
                 if transform is not None:
                     xb = transform(xb)
                 kwargs = {"y": yb} if kw_ok and yb is not None else {}
+                if set_step is not None:
+                    set_step(step)  # the checkpointed global step: exact on resume
                 loss = loss_fn(xb, **kwargs)
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
+                loss, batch_n = loss.detach(), xb.shape[0]
+                if ctx is not None:  # sum gradients, loss, batch size and Ctrl-C over ranks
+                    loss, batch_n, stop = _all_reduce_step(params, loss, batch_n, interrupt)
+                    interrupt.requested = stop
                 step += 1
                 if guard and not _all_finite(loss, params):
                     skipped, bad_run = skipped + 1, bad_run + 1
@@ -532,7 +573,6 @@ def fit(
                     continue
                 bad_run = 0
                 optim.step()
-                loss = loss.detach()
                 loss_sum += loss
                 if not guard:
                     bad_step = torch.where(
@@ -540,8 +580,8 @@ def fit(
                         torch.tensor(step, device=device),
                         bad_step,
                     )
-                seen += xb.shape[0]
-                seen_now += xb.shape[0]
+                seen += batch_n
+                seen_now += batch_n
                 last = i + 1 == len(batches)
                 if (i + 1) % sync_every == 0 or last or interrupt.requested:
                     total = loss_sum.item()
@@ -553,9 +593,11 @@ def fit(
                 if interrupt.requested and not last:
                     bar.close()
                     history.interrupted = True
-                    if run_path is not None:
-                        save_checkpoint(run_path / CHECKPOINT_NAME, checkpoint_state(epoch, i + 1))
-                    tqdm.write(_interrupted_message(epoch, i + 1, len(batches), run_path))
+                    state = checkpoint_state(epoch, i + 1)  # collective: on every rank
+                    if run_path is not None and writer:
+                        save_checkpoint(run_path / CHECKPOINT_NAME, state)
+                    if writer:
+                        tqdm.write(_interrupted_message(epoch, i + 1, len(batches), run_path))
                     return history
             bar.close()
             seconds = time.perf_counter() - t0
@@ -566,7 +608,9 @@ def fit(
             }
             record.update(_mean_terms("train", model, guide, *train_eval))
             if val is not None:
-                record.update(_mean_terms("val", model, guide, *val))
+                record.update(_mean_terms("val", model, guide, *val, ctx=ctx))
+            if hasattr(elbo, "weight"):
+                record["kl_weight"] = elbo.weight
             record["seconds"] = seconds
             record["examples_per_s"] = seen_now / seconds
             if guard:
@@ -575,13 +619,14 @@ def fit(
             history.records.append(record)
             if progress:
                 tqdm.write(_format_record(record))
-            if run_path is not None:
+            state = checkpoint_state(epoch + 1)  # collective: on every rank
+            if run_path is not None and writer:
                 with open(run_path / METRICS_NAME, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                save_checkpoint(run_path / CHECKPOINT_NAME, checkpoint_state(epoch + 1))
+                save_checkpoint(run_path / CHECKPOINT_NAME, state)
             if interrupt.requested:
                 history.interrupted = epoch + 1 < epochs
-                if history.interrupted:
+                if history.interrupted and writer:
                     tqdm.write(_interrupted_message(epoch + 1, 0, len(batches), run_path))
                 break
             if any([bool(cb(record)) for cb in callbacks]):
@@ -590,13 +635,16 @@ def fit(
 
 
 class _InterruptFlag:
-    """Context manager turning the first SIGINT into a request to stop after the current
-    step (a second SIGINT raises ``KeyboardInterrupt`` as usual). Only installed in the
-    main thread, where Python delivers signals."""
+    """Context manager turning the first SIGINT (Ctrl-C) or SIGTERM (a scheduler, or
+    ``torchrun`` stopping its workers) into a request to stop after the current step; a
+    second one raises ``KeyboardInterrupt``. Only installed in the main thread, where Python
+    delivers signals."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] | None = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -606,12 +654,13 @@ class _InterruptFlag:
 
     def __enter__(self) -> _InterruptFlag:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
             self._previous = None
 
 
@@ -645,14 +694,54 @@ def _interrupted_message(epoch: int, batch: int, num_batches: int, run_path: Pat
 
 
 def _mean_terms(
-    prefix: str, model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None
+    prefix: str,
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    ctx: distributed.Context | None = None,
 ) -> dict[str, float]:
     """Mean ELBO terms; for the training subset only KL and reconstruction, since the
-    running ``train_elbo`` of the epoch is recorded from the loss itself."""
-    terms = elbo_terms(model, guide, x, y)
-    return {
-        f"{prefix}_{k}": v.mean().item() for k, v in terms.items() if prefix == "val" or k != "elbo"
-    }
+    running ``train_elbo`` of the epoch is recorded from the loss itself. In multi-process
+    training each rank evaluates its shard and the sums are combined."""
+    keys = ("elbo", "reconstruction", "kl") if prefix == "val" else ("reconstruction", "kl")
+    if ctx is None:
+        terms = elbo_terms(model, guide, x, y)
+        return {f"{prefix}_{k}": terms[k].mean().item() for k in keys}
+    part = distributed.shard(x.shape[0], ctx)
+    sums = x.new_zeros(len(keys) + 1)
+    if part.stop > part.start:
+        terms = elbo_terms(model, guide, x[part], None if y is None else y[part])
+        sums[:-1] = torch.stack([terms[k].sum() for k in keys])
+        sums[-1] = part.stop - part.start
+    distributed.all_reduce_sum([sums])
+    return {f"{prefix}_{k}": (sums[j] / sums[-1]).item() for j, k in enumerate(keys)}
+
+
+def _all_reduce_step(
+    params: list[torch.Tensor], loss: torch.Tensor, batch_n: int, interrupt: _InterruptFlag
+) -> tuple[torch.Tensor, int, bool]:
+    """One collective per step: the summed gradients (the ELBO sums over examples, so the
+    update equals one process taking the union of the batches), the summed loss and batch
+    size, and whether any rank was interrupted."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flags = [loss, loss.new_tensor(float(batch_n)), loss.new_tensor(float(interrupt.requested))]
+    extra = torch.stack(flags).to(grads[0].dtype if grads else loss.dtype)
+    distributed.all_reduce_sum([*grads, extra])
+    total, n, stop = extra.tolist()
+    return loss.new_tensor(total), int(n), stop > 0
+
+
+def _gather_rng_states(ctx: distributed.Context | None) -> list[dict[str, Any]] | None:
+    """Every rank's RNG state (a collective), so each rank resumes its own stream."""
+    if ctx is None:
+        return None
+    states: list[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(states, _rng_state())
+    return states
 
 
 def _format_record(r: dict[str, float]) -> str:

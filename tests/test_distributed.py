@@ -1,0 +1,138 @@
+"""Multi-process training with torch.distributed (gloo on the CPU), launched by torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from functools import partial
+
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    import torch.distributed as td
+    from torch import nn
+
+    from pyro_vae import (VAE, BernoulliLikelihood, DiagonalNormalGuide, StandardNormalPrior,
+                          binarize, fit, load_bundled_mnist)
+
+    td.init_process_group("gloo")
+    rank = td.get_rank()
+    mode, out, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    splits = load_bundled_mnist()
+    x = binarize(splits["train"].tensors[0][:512], seed=0)
+    torch.manual_seed(0 if mode == "delta" else rank)  # "vae": ranks start apart on purpose
+    if mode == "delta":
+        # z is deterministic given x, so the update is exactly reproducible: a sum of
+        # per-example gradients, whichever process computes them.
+        x = x.reshape(-1, 784)
+        decoder = nn.Sequential(nn.Linear(4, 32), nn.Softplus(), nn.Linear(32, 784))
+        encoder = nn.Sequential(nn.Linear(784, 32), nn.Softplus(), nn.Linear(32, 4))
+
+        def model(x):
+            pyro.module("decoder", decoder)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+                pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+        def guide(x):
+            pyro.module("encoder", encoder)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Delta(encoder(x)).to_event(1))
+
+        fit(model, guide, x, epochs=2, batch_size=batch_size, progress=False,
+            optimizer=partial(torch.optim.SGD, lr=1e-4))
+        params = {**{"d" + k: v for k, v in decoder.state_dict().items()},
+                  **{"e" + k: v for k, v in encoder.state_dict().items()}}
+    else:
+        vae = VAE(StandardNormalPrior(4), BernoulliLikelihood.mlp(4, (1, 28, 28), (32,)),
+                  DiagonalNormalGuide.mlp((1, 28, 28), 4, (32,)))
+        xv = binarize(splits["valid"].tensors[0][:101], seed=1)
+        history = fit(vae.model, vae.guide, x, epochs=2, batch_size=batch_size,
+                      validation_data=xv, run_dir=out + "/run", progress=False)
+        params = vae.state_dict()
+        params["val_elbo"] = torch.tensor(history["val_elbo"])
+        params["train_elbo"] = torch.tensor(history["train_elbo"])
+    torch.save(params, f"{out}/params-{mode}-{td.get_world_size()}-{rank}.pt")
+    td.destroy_process_group()
+    """
+)
+
+
+def torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += ["--nproc_per_node", str(nproc), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_two_processes_of_64_update_like_one_process_of_128(tmp_path):
+    script = tmp_path / "train_ddp.py"
+    script.write_text(SCRIPT)
+    torchrun(1, str(script), "delta", str(tmp_path), "128", cwd=tmp_path)
+    torchrun(2, str(script), "delta", str(tmp_path), "64", cwd=tmp_path)
+    one = torch.load(tmp_path / "params-delta-1-0.pt")
+    two = [torch.load(tmp_path / f"params-delta-2-{r}.pt") for r in (0, 1)]
+    torch.manual_seed(0)
+    init = torch.nn.Linear(4, 32).weight  # the decoder's first layer before training
+    assert (one["d0.weight"] - init).abs().max() > 1e-3  # it trained
+    for key, value in one.items():
+        assert torch.equal(two[0][key], two[1][key]), key  # ranks agree exactly
+        torch.testing.assert_close(two[0][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_ranks_train_one_model_and_only_rank_0_writes(tmp_path):
+    script = tmp_path / "train_ddp.py"
+    script.write_text(SCRIPT)
+    torchrun(2, str(script), "vae", str(tmp_path), "64", cwd=tmp_path)
+    ranks = [torch.load(tmp_path / f"params-vae-2-{r}.pt") for r in (0, 1)]
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key  # started apart, broadcast, in sync
+    assert ranks[0]["val_elbo"][-1] > ranks[0]["val_elbo"][0]
+    assert (ranks[0]["train_elbo"] < 0).all()
+    run = tmp_path / "run"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+
+
+def test_torchrun_cli_trains_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["-m", "pyro_vae", "train", "--epochs", "1", "--hidden-dims", "32"]
+    args += ["--latent-dim", "4", "--batch-size", "128", "--no-progress", "--out", str(out)]
+    result = torchrun(2, *args, cwd=tmp_path)
+    assert result.stdout.count("test ELBO") == 1  # rank 0 alone reports
+    assert "2 processes" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert {"samples.png", "reconstructions.png", "test.json"} <= {p.name for p in out.iterdir()}
+    resume = ["-m", "pyro_vae", "train", "--resume", str(out), "--epochs", "2", "--no-progress"]
+    torchrun(2, *resume, cwd=tmp_path)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_cuda_under_torchrun_without_gpu_is_refused(monkeypatch):
+    from pyro_vae.distributed import init_from_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="use --device cpu"):
+        init_from_env("cuda")

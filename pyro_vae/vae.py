@@ -88,7 +88,7 @@ class VAE(PyroModule):
         :param num_samples: the batch size when both ``x`` and ``y`` are ``None``.
         :returns: the observed or sampled ``x``.
         """
-        with pyro.plate("data", self._batch_size(x, y, num_samples)):
+        with pyro.plate("data", self._batch_size(x, y, num_samples), device=self._device(x, y)):
             z = pyro.sample("z", self.prior.dist(y))
             return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
 
@@ -106,7 +106,7 @@ class VAE(PyroModule):
         """
         if x is None:
             raise ValueError("The guide needs data x; sample from vae.model to generate.")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0], device=x.device):
             return pyro.sample("z", self.posterior.dist(x, y))
 
     def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
@@ -123,6 +123,15 @@ class VAE(PyroModule):
         check = getattr(self.likelihood, "check_data", None)
         if check is not None:
             check(x)
+
+    def _device(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.device:
+        """Where the batch lives: the data's device, else the parameters' (for sampling)."""
+        for t in (x, y):
+            if t is not None:
+                return t.device
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     @staticmethod
     def _batch_size(x: torch.Tensor | None, y: torch.Tensor | None, num_samples: int | None) -> int:

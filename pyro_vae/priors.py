@@ -2,16 +2,57 @@ r"""Priors :math:`p(z)` over the latent code.
 
 A prior is a :class:`~pyro.nn.PyroModule` with ``latent_dim`` and a ``dist(y=None)`` method
 that returns a distribution with ``event_shape == (latent_dim,)``. The VAE samples site
-``"z"`` from it inside plate ``"data"``, which broadcasts it over the batch.
+``"z"`` from it inside plate ``"data"``, which broadcasts it over the batch. Learned priors
+hold their parameters as module parameters, so :func:`~pyro_vae.fit` (a torch optimizer
+over every module parameter) trains them jointly with the encoder and decoder.
+
+Which prior x guide pairs have an analytic KL, as
+:func:`torch.distributions.kl_divergence` dispatches them (and hence
+:class:`~pyro.infer.TraceMeanField_ELBO`, which otherwise falls back to the one-sample
+Monte Carlo estimate :math:`\log q(z \mid x) - \log p(z)`):
+
+======================== ============ ============ ======== ===============
+prior                    diagonal     full-cov     IAF      Power Spherical
+======================== ============ ============ ======== ===============
+StandardNormalPrior      analytic     analytic     MC       refused
+LearnedNormalPrior       analytic     analytic     MC       refused
+MixtureOfGaussiansPrior  MC           MC           MC       refused
+VampPrior                MC           MC           refused  MC
+FlowPrior                MC           MC           MC       refused
+UniformSpherePrior       refused      refused      refused  analytic
+======================== ============ ============ ======== ===============
+
+"refused": a Euclidean guide's samples are off the sphere (under validation the sphere
+prior rejects them) and a sphere guide's density is with respect to the surface measure,
+not Lebesgue measure on :math:`\mathbb{R}^d`, so the "ELBO" of such a pair bounds nothing;
+the CLI refuses these pairs with the fix. :class:`VampPrior` raises a ``ValueError`` for
+the IAF guide: a mixture needs components with a plain batch dimension, and the flow's
+transforms hold one context per input. The full-covariance KL against a diagonal Gaussian
+and the Power Spherical KL against the uniform sphere are registered in
+:mod:`pyro_vae.distributions`; ``tests/test_priors.py`` checks this table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pyro import distributions as dist
-from pyro.nn import PyroModule
+from pyro.distributions import constraints
+from pyro.distributions.transforms import AffineAutoregressive
+from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
+from torch import nn
 
-__all__ = ["StandardNormalPrior"]
+from .distributions import HypersphericalUniform
+
+__all__ = [
+    "FlowPrior",
+    "LearnedNormalPrior",
+    "MixtureOfGaussiansPrior",
+    "StandardNormalPrior",
+    "UniformSpherePrior",
+    "VampPrior",
+]
 
 
 def check_latent_dim(latent_dim: int, minimum: int = 1) -> int:
@@ -46,3 +87,289 @@ class StandardNormalPrior(PyroModule):
     def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
         """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
         return self.make_dist(*self(y))
+
+
+class LearnedNormalPrior(PyroModule):
+    r"""A diagonal Gaussian prior with learned parameters,
+    :math:`p_\theta(z) = \mathcal{N}(z;\ m, \mathrm{diag}\, s^2)`.
+
+    ``loc`` is a free parameter and ``scale`` a positive :class:`~pyro.nn.PyroParam`; both
+    are trained jointly with the encoder and decoder. The KL against a
+    :class:`~pyro_vae.guides.DiagonalNormalGuide` is analytic.
+
+    :param latent_dim: the dimension :math:`d` of :math:`z`.
+    :param init_scale: the initial value of every :math:`s_i`.
+    """
+
+    def __init__(self, latent_dim: int, init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.latent_dim = check_latent_dim(latent_dim)
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.scale = PyroParam(torch.full((latent_dim,), float(init_scale)), constraints.positive)
+
+    def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)``; ``y`` is ignored."""
+        return self.loc, self.scale
+
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(loc, scale).to_event(1)
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
+        return self.make_dist(*self(y))
+
+
+class MixtureOfGaussiansPrior(PyroModule):
+    r"""A mixture of :math:`K` diagonal Gaussians with learned weights, means and scales:
+
+    .. math::
+
+        p_\theta(z) = \sum_{k=1}^K \pi_k\, \mathcal{N}(z;\ m_k, \mathrm{diag}\, s_k^2),
+
+    built as :class:`~pyro.distributions.MixtureSameFamily` (a
+    :class:`~pyro.distributions.Categorical` over independent Normal components). No KL
+    against it is analytic: :class:`~pyro.infer.TraceMeanField_ELBO` uses the Monte Carlo
+    estimate :math:`\log q(z \mid x) - \log p(z)`.
+
+    :param latent_dim: the dimension :math:`d` of :math:`z`.
+    :param num_components: the number :math:`K` of components.
+    :param init_spread: the component means start as ``init_spread * N(0, I)`` draws, so
+        that the components differ from the first step (seed with ``pyro.set_rng_seed``).
+    :param init_scale: the initial scale of every component.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_components: int = 10,
+        init_spread: float = 1.0,
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.latent_dim = check_latent_dim(latent_dim)
+        self.num_components = _check_count("num_components", num_components)
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.locs = nn.Parameter(init_spread * torch.randn(num_components, latent_dim))
+        self.scales = PyroParam(
+            torch.full((num_components, latent_dim), float(init_scale)), constraints.positive
+        )
+
+    def forward(
+        self, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(logits, locs, scales)`` of shapes ``(K,)``, ``(K, d)``, ``(K, d)``."""
+        return self.logits, self.locs, self.scales
+
+    def make_dist(
+        self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor
+    ) -> dist.Distribution:
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1)
+        )
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
+        return self.make_dist(*self(y))
+
+
+class VampPrior(PyroModule):
+    r"""The VampPrior (Tomczak & Welling, 2018) [1]: the aggregate posterior of :math:`K`
+    learned pseudo-inputs :math:`u_k`,
+
+    .. math::
+
+        p_\lambda(z) = \frac{1}{K} \sum_{k=1}^K q_\phi(z \mid u_k).
+
+    It shares the encoder with the guide: pass the **same** guide part to both::
+
+        guide = DiagonalNormalGuide.mlp((1, 28, 28), 20)
+        vae = VAE(VampPrior(guide, 50, (1, 28, 28)), likelihood, guide)
+
+    The guide is held by reference, not registered as a submodule of the prior, so its
+    parameters belong to the VAE once (as ``vae.posterior``): they are not duplicated in
+    ``state_dict`` or in the optimizer, and a checkpoint loads into a freshly built pair.
+    The pseudo-inputs are free parameters of shape ``(K, *x_shape)`` (no squashing).
+    The guide's ``dist`` must return a distribution with batch shape ``(K,)`` that
+    :class:`~pyro.distributions.MixtureSameFamily` accepts as components (Gaussian and
+    Power Spherical guides do). No KL against it is analytic.
+
+    :param guide: the guide part :math:`q_\phi(z \mid x)` (with ``latent_dim`` and
+        ``dist(x)``), the one given to :class:`~pyro_vae.vae.VAE`.
+    :param num_pseudo: the number :math:`K` of pseudo-inputs.
+    :param x_shape: shape of one data item.
+    :param init: optional initial pseudo-inputs ``(K, *x_shape)``, e.g. random training
+        examples; by default uniform draws in :math:`[0, 1]`.
+
+    1. J. M. Tomczak, M. Welling, *VAE with a VampPrior*, AISTATS 2018.
+    """
+
+    def __init__(
+        self,
+        guide: nn.Module,
+        num_pseudo: int,
+        x_shape: Sequence[int],
+        init: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        latent_dim = getattr(guide, "latent_dim", None)
+        if latent_dim is None or not callable(getattr(guide, "dist", None)):
+            raise ValueError(
+                "VampPrior needs the guide part (with latent_dim and dist(x)), e.g. "
+                "DiagonalNormalGuide.mlp(x_shape, latent_dim); pass the same object to VAE."
+            )
+        self.latent_dim = check_latent_dim(latent_dim)
+        self.num_pseudo = _check_count("num_pseudo", num_pseudo)
+        self.x_shape = tuple(int(s) for s in x_shape)
+        # A tuple hides the guide from nn.Module registration: the VAE owns it.
+        self._guide = (guide,)
+        if init is None:
+            init = torch.rand(num_pseudo, *self.x_shape)
+        elif tuple(init.shape) != (num_pseudo, *self.x_shape):
+            raise ValueError(
+                f"init has shape {tuple(init.shape)}; VampPrior needs (num_pseudo, *x_shape) = "
+                f"{(num_pseudo, *self.x_shape)}."
+            )
+        self.pseudo_inputs = nn.Parameter(init.detach().clone().float())
+
+    @property
+    def guide(self) -> nn.Module:
+        """The guide part whose posteriors make up the mixture."""
+        return self._guide[0]
+
+    def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        """Return ``(pseudo_inputs,)``; ``y`` is ignored."""
+        return (self.pseudo_inputs,)
+
+    def make_dist(self, pseudo_inputs: torch.Tensor) -> dist.Distribution:
+        components = self.guide.dist(pseudo_inputs)
+        if isinstance(components, dist.TransformedDistribution):
+            raise ValueError(
+                "VampPrior cannot mix flow posteriors (the IAF guide's transforms are "
+                "conditioned on one context per input); use a DiagonalNormalGuide or "
+                "FullCovarianceNormalGuide with the VampPrior."
+            )
+        mixing = dist.Categorical(logits=pseudo_inputs.new_zeros(self.num_pseudo))
+        return dist.MixtureSameFamily(mixing, components)
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
+        return self.make_dist(*self(y))
+
+
+class FlowPrior(PyroModule):
+    r"""A standard normal pushed through learnable bijections (a normalizing-flow prior):
+
+    .. math::
+
+        z = f^{-1}(\varepsilon),\quad \varepsilon \sim \mathcal{N}(0, I_d), \qquad
+        \log p(z) = \log \mathcal{N}(f(z); 0, I) + \log\left|\det \frac{\partial f}
+        {\partial z}\right|.
+
+    ``transforms`` are the layers of :math:`f = f_L \circ \dots \circ f_1`, the
+    *normalizing* direction from :math:`z` to :math:`\varepsilon`. With autoregressive
+    layers (:class:`~pyro.distributions.transforms.AffineAutoregressive`, spline
+    autoregressive) this is the masked autoregressive flow (MAF, Papamakarios et al., 2017):
+    the density of a guide sample costs one network pass per layer, and only generation
+    inverts the layers (sequentially). The layers are registered as submodules
+    (``nn.ModuleList``), so :func:`~pyro_vae.fit` trains them with its torch optimizer. No
+    KL against a flow prior is analytic.
+
+    :param latent_dim: the dimension :math:`d` of :math:`z`.
+    :param transforms: :class:`~pyro.distributions.TransformModule` layers (nn.Modules)
+        acting on vectors of size ``latent_dim``.
+    """
+
+    def __init__(self, latent_dim: int, transforms: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.latent_dim = check_latent_dim(latent_dim)
+        if not transforms or not all(isinstance(t, nn.Module) for t in transforms):
+            raise ValueError(
+                "FlowPrior needs a non-empty list of pyro.distributions.TransformModule "
+                "layers (nn.Modules, so that they are trained); build one with "
+                "FlowPrior.mlp(latent_dim, num_flows)."
+            )
+        self.transforms = nn.ModuleList(transforms)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the base ``(loc, scale)``; ``y`` is ignored."""
+        return self.loc, self.scale
+
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+        base = dist.Normal(loc, scale).to_event(1)
+        return dist.TransformedDistribution(base, [t.inv for t in reversed(self.transforms)])
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
+        return self.make_dist(*self(y))
+
+    @classmethod
+    def mlp(
+        cls, latent_dim: int, num_flows: int = 2, hidden_dims: Sequence[int] | None = None
+    ) -> FlowPrior:
+        r"""A MAF prior: ``num_flows`` affine autoregressive layers whose conditioners are
+        MADE networks (masked MLPs) with ``hidden_dims`` (default ``(4 * latent_dim,)``);
+        the variable order is reversed from one layer to the next.
+        """
+        check_latent_dim(latent_dim, minimum=2)
+        _check_count("num_flows", num_flows)
+        hidden = list(hidden_dims or (4 * latent_dim,))
+        layers = [
+            AffineAutoregressive(
+                AutoRegressiveNN(latent_dim, hidden, permutation=_order(latent_dim, i))
+            )
+            for i in range(num_flows)
+        ]
+        return cls(latent_dim, layers)
+
+
+class UniformSpherePrior(PyroModule):
+    r"""The uniform prior on the unit sphere :math:`S^{d-1} \subset \mathbb{R}^d`, the
+    hyperspherical VAE's prior (Davidson et al., 2018), with density
+    :math:`1 / |S^{d-1}|`, :math:`|S^{d-1}| = 2\pi^{d/2} / \Gamma(d/2)`.
+
+    Use it with :class:`~pyro_vae.guides.PowerSphericalGuide`: the KL
+    :math:`\mathrm{KL}(\mathrm{PowerSpherical} \,\|\, \mathrm{Uniform})` is analytic
+    (registered in :mod:`pyro_vae.distributions`). A Gaussian guide has no density on
+    the sphere, so it cannot be paired with this prior.
+
+    :param latent_dim: the ambient dimension :math:`d \ge 2`.
+    """
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        if isinstance(latent_dim, int) and not isinstance(latent_dim, bool) and latent_dim < 2:
+            raise ValueError(
+                f"UniformSpherePrior needs latent_dim >= 2 (the sphere S^(d-1) in R^d), got "
+                f"{latent_dim}; use e.g. latent_dim=20."
+            )
+        self.latent_dim = check_latent_dim(latent_dim, minimum=2)
+        self.register_buffer("_anchor", torch.zeros(()))  # carries dtype and device
+
+    def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        """Return a scalar that carries the dtype and device; ``y`` is ignored."""
+        return (self._anchor,)
+
+    def make_dist(self, anchor: torch.Tensor) -> dist.Distribution:
+        return HypersphericalUniform(self.latent_dim, dtype=anchor.dtype, device=anchor.device)
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
+        return self.make_dist(*self(y))
+
+
+def _check_count(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return value
+
+
+def _order(dim: int, layer: int) -> torch.Tensor:
+    """The variable order of autoregressive layer ``layer``: identity, reversed, ..."""
+    order = torch.arange(dim)
+    return order if layer % 2 == 0 else order.flip(0)

@@ -1,4 +1,6 @@
-"""Parts: shapes, supports and the VAE contract, parametrized over likelihood x network."""
+"""Parts: shapes, supports and the VAE contract, parametrized over prior x guide x likelihood
+x network (a covering subset: every likelihood with both networks, every prior with the
+diagonal guide, every guide with the standard normal prior)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,15 @@ from pyro_vae import (
     elbo_terms,
     fit,
 )
+from pyro_vae.guides import FullCovarianceNormalGuide, IAFGuide, PowerSphericalGuide
+from pyro_vae.likelihoods import DiscretizedLogisticLikelihood
+from pyro_vae.priors import (
+    FlowPrior,
+    LearnedNormalPrior,
+    MixtureOfGaussiansPrior,
+    UniformSpherePrior,
+    VampPrior,
+)
 
 X_SHAPE = (1, 28, 28)
 LIKELIHOODS = {
@@ -26,18 +37,54 @@ LIKELIHOODS = {
     "cbernoulli": (ContinuousBernoulliLikelihood, {}),
     "normal": (NormalLikelihood, {"scale": 0.5}),
     "normal-learned": (NormalLikelihood, {"scale": 0.5, "learn_scale": True}),
+    "dlogistic": (DiscretizedLogisticLikelihood, {}),
 }
+GUIDES = {
+    "diagonal": (DiagonalNormalGuide, {}),
+    "fullcov": (FullCovarianceNormalGuide, {}),
+    "iaf": (IAFGuide, {"num_flows": 2}),
+    "powerspherical": (PowerSphericalGuide, {}),
+}
+PRIORS = {
+    "normal": lambda d, guide: StandardNormalPrior(d),
+    "learned": lambda d, guide: LearnedNormalPrior(d),
+    "mog": lambda d, guide: MixtureOfGaussiansPrior(d, 3),
+    "vamp": lambda d, guide: VampPrior(guide, 3, X_SHAPE),
+    "flow": lambda d, guide: FlowPrior.mlp(d, 2, (16,)),
+    "sphere": lambda d, guide: UniformSpherePrior(d),
+}
+# (prior, guide, likelihood, network)
+CASES = [
+    *(
+        ("normal", "diagonal", lik, net)
+        for lik in ("bernoulli", "cbernoulli", "normal", "normal-learned")
+        for net in ("mlp", "conv")
+    ),
+    ("normal", "diagonal", "dlogistic", "mlp"),
+    *((prior, "diagonal", "bernoulli", "mlp") for prior in ("learned", "mog", "vamp", "flow")),
+    ("sphere", "powerspherical", "bernoulli", "mlp"),
+    ("normal", "fullcov", "bernoulli", "mlp"),
+    ("normal", "iaf", "bernoulli", "mlp"),
+    ("vamp", "fullcov", "cbernoulli", "mlp"),
+]
 
 
-def make_vae(likelihood: str, network: str, latent_dim: int = 4) -> VAE:
+def make_vae(
+    likelihood: str,
+    network: str,
+    latent_dim: int = 4,
+    prior: str = "normal",
+    guide: str = "diagonal",
+) -> VAE:
     cls, kwargs = LIKELIHOODS[likelihood]
+    guide_cls, guide_kwargs = GUIDES[guide]
     if network == "mlp":
         lik = cls.mlp(latent_dim, X_SHAPE, (32,), **kwargs)
-        guide = DiagonalNormalGuide.mlp(X_SHAPE, latent_dim, (32,))
+        q = guide_cls.mlp(X_SHAPE, latent_dim, (32,), **guide_kwargs)
     else:
         lik = cls.conv(latent_dim, X_SHAPE, **kwargs)
-        guide = DiagonalNormalGuide.conv(latent_dim, feature_dim=32)
-    return VAE(StandardNormalPrior(latent_dim), lik, guide)
+        q = guide_cls.conv(latent_dim, feature_dim=32, **guide_kwargs)
+    return VAE(PRIORS[prior](latent_dim, q), lik, q)
 
 
 def data_for(likelihood: str, bundled) -> torch.Tensor:
@@ -49,11 +96,14 @@ def data_for(likelihood: str, bundled) -> torch.Tensor:
     )
 
 
-@pytest.mark.parametrize("network", ["mlp", "conv"])
-@pytest.mark.parametrize("likelihood", sorted(LIKELIHOODS))
-def test_contract(likelihood, network, bundled, tmp_path):
-    """Shapes, a finite loss that decreases over a few steps, and a checkpoint round trip."""
-    vae = make_vae(likelihood, network)
+@pytest.mark.parametrize(
+    ("prior", "guide", "likelihood", "network"), CASES, ids=["-".join(c) for c in CASES]
+)
+def test_contract(prior, guide, likelihood, network, bundled, tmp_path):
+    """Shapes, a finite loss that decreases over a few steps, trained prior parameters, and
+    a checkpoint round trip."""
+    vae = make_vae(likelihood, network, prior=prior, guide=guide)
+    prior_before = [p.detach().clone() for p in vae.prior.parameters()]
     x = data_for(likelihood, bundled)
     trace = poutine.trace(vae.model).get_trace(x)
     assert trace.nodes["z"]["value"].shape == (64, 4)
@@ -73,8 +123,11 @@ def test_contract(likelihood, network, bundled, tmp_path):
     after = elbo_terms(vae.model, vae.guide, x)["elbo"].mean().item()
     assert after > before + 1.0, (before, after)
     assert all(math.isfinite(v) for v in history["train_elbo"])
+    # learned priors train through fit's torch optimizer (every parameter moved)
+    for p0, p1 in zip(prior_before, vae.prior.parameters(), strict=True):
+        assert not torch.allclose(p0, p1.detach()), "a prior parameter was not trained"
 
-    clone = make_vae(likelihood, network)
+    clone = make_vae(likelihood, network, prior=prior, guide=guide)
     from pyro_vae import load_checkpoint
     from pyro_vae.checkpoint import load_module_states
 
@@ -145,3 +198,56 @@ def test_guide_scale_positive_and_reported():
     assert (scale > 0).all()
     d = guide.dist(torch.rand(5, *X_SHAPE))
     assert d.event_shape == (3,) and d.batch_shape == (5,)
+
+
+# --------------------------------------------------------------------------- from the CLI
+
+TINY = ["--hidden-dims", "32", "--latent-dim", "4", "--batch-size", "256", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--prior", "sphere"], "--prior sphere needs --guide powerspherical"),
+        (["--guide", "powerspherical"], "--guide powerspherical needs --prior sphere"),
+        (["--prior", "vamp", "--guide", "iaf"], "--prior vamp cannot use --guide iaf"),
+        (["--prior", "sphere", "--guide", "powerspherical", "--latent-dim", "1"], ">= 2"),
+        (["--prior", "mog", "--components", "0"], "num_components must be"),
+    ],
+)
+def test_cli_refuses_invalid_parts_with_the_fix(argv, message, tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    assert main(["train", "--epochs", "1", *TINY, "--out", str(tmp_path / "r"), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_trains_and_resumes_a_vamp_prior_and_reports_bits_per_dim(bundled, tmp_path, capsys):
+    import json
+
+    from pyro_vae.cli import load_run, main
+
+    x, y = (t[:400] for t in bundled["train"].tensors)
+    torch.save({"x": x, "y": y}, tmp_path / "small.pt")
+    small = ["--dataset", "file", "--data-file", str(tmp_path / "small.pt"), *TINY]
+    out = tmp_path / "vamp"
+    argv = ["train", *small, "--prior", "vamp", "--components", "3", "--guide", "fullcov"]
+    assert main([*argv, "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "test.json").read_text())["epochs"] == 2
+    vae, config = load_run(out)
+    assert isinstance(vae.prior, VampPrior) and vae.prior.guide is vae.posterior
+    assert (config["prior"], config["guide"], config["components"]) == ("vamp", "fullcov", 3)
+    assert main(["train", "--resume", str(out), "--prior", "mog", "--no-progress"]) == 2
+    assert "prior='vamp'" in capsys.readouterr().err
+
+    out = tmp_path / "dl"
+    assert (
+        main(["train", *small, "--likelihood", "dlogistic", "--epochs", "1", "--out", str(out)])
+        == 0
+    )
+    metrics = json.loads((out / "test.json").read_text())
+    assert metrics["test_bits_per_dim"] == pytest.approx(
+        -metrics["test_elbo"] / (784 * math.log(2)), rel=1e-6
+    )
+    assert 0 < metrics["test_bits_per_dim"] < 8

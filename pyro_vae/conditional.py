@@ -1,0 +1,261 @@
+r"""Conditional VAE (Sohn, Lee & Yan, 2015) [1]: a label :math:`y` enters every part.
+
+.. math::
+
+    p_\theta(x, z \mid y) = p_\theta(z \mid y)\, p_\theta(x \mid z, y), \qquad
+    q_\phi(z \mid x, y).
+
+The same :class:`~pyro_vae.vae.VAE` class runs it: ``vae.model(x, y)`` and
+``vae.guide(x, y)`` already pass ``y`` to the parts. What makes a part conditional:
+
+- the prior :class:`ConditionalNormalPrior`, :math:`\mathcal{N}(m_y, \mathrm{diag}\,s_y^2)`
+  with a learned mean and scale per class (a linear map of the one-hot label);
+- an MLP wrapped in :class:`ConditionalNet`, whose first layer also takes the one-hot
+  label; used as the decoder of any :class:`~pyro_vae.likelihoods.Likelihood` or the
+  encoder of any :class:`~pyro_vae.guides.Guide` (:func:`condition_on_labels` wraps a
+  part's network; :func:`conditional_likelihood`, :func:`conditional_guide` and
+  :func:`conditional_vae` build them).
+
+Generate a chosen digit by sampling the model with labels and no data::
+
+    x = vae.model(x=None, y=torch.full((16,), 3))
+
+1. K. Sohn, H. Lee, X. Yan, *Learning structured output representation using deep
+   conditional generative models*, NeurIPS 2015.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pyro import distributions as dist
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+from torch import nn
+
+from .nn import MLP
+from .priors import check_latent_dim
+
+__all__ = [
+    "ConditionalNet",
+    "ConditionalNormalPrior",
+    "call_net",
+    "check_labels",
+    "condition_on_labels",
+    "conditional_guide",
+    "conditional_likelihood",
+    "conditional_vae",
+]
+
+
+def check_labels(y: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """Raise a :class:`ValueError` naming the fix unless ``y`` holds class indices in
+    ``[0, num_classes)``; return it."""
+    if y is None:
+        raise ValueError(
+            "This model is conditional on labels: pass y (class indices in "
+            f"[0, {num_classes})), e.g. fit(..., data=(x, y)) or "
+            f"vae.model(x=None, y=torch.full((n,), 3)) to generate digit 3."
+        )
+    if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(
+            f"Labels y must be an integer tensor of class indices, got "
+            f"{getattr(y, 'dtype', type(y).__name__)}; convert with y.long()."
+        )
+    if y.numel() and bool(((y < 0) | (y >= num_classes)).any()):
+        raise ValueError(
+            f"Labels y must lie in [0, {num_classes}), but range over "
+            f"[{int(y.min())}, {int(y.max())}]; build the conditional parts with "
+            f"num_classes={int(y.max()) + 1} or relabel the data."
+        )
+    return y
+
+
+class ConditionalNet(nn.Module):
+    r"""An :class:`~pyro_vae.nn.MLP` that also sees the label: its first layer acts on the
+    concatenation ``[flatten(inputs), one_hot(y)]``.
+
+    The first layer :math:`W [u; e_y] + b = W_u u + b + w_y` is computed as the MLP's own
+    first linear layer on the inputs plus a learned vector :math:`w_y` per class (the
+    columns of :math:`W` for the one-hot part), without building the concatenation. The
+    leading batch dimensions of the inputs and of ``y`` broadcast against each other, so
+    vectorized particles ``(K, N, ...)`` with labels ``(N,)`` work, and so do enumerated
+    labels ``(C, 1)`` with inputs ``(N, ...)`` (the semi-supervised M2), where the input
+    projection is computed once instead of once per class. Parts recognise the wrapper by
+    its ``conditional = True`` attribute and call it as ``net(inputs, y)``.
+
+    :param mlp: the unconditional network, e.g. ``likelihood.decoder`` or
+        ``guide.encoder`` of a part built with ``.mlp(...)``.
+    :param num_classes: the number :math:`C` of classes.
+    """
+
+    conditional = True
+
+    def __init__(self, mlp: MLP, num_classes: int) -> None:
+        super().__init__()
+        if not isinstance(mlp, MLP):
+            raise ValueError(
+                f"ConditionalNet conditions an MLP, got {type(mlp).__name__}; build the part "
+                "with .mlp(...) (convolutional networks are not conditioned)."
+            )
+        self.mlp = mlp
+        self.num_classes = _check_count("num_classes", num_classes)
+        first = mlp.net[0]
+        bound = 1.0 / math.sqrt(first.in_features + num_classes)
+        self.label_weight = nn.Parameter(
+            torch.empty(num_classes, first.out_features).uniform_(-bound, bound)
+        )
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.mlp.in_shape
+
+    def forward(self, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        y = check_labels(y, self.num_classes)
+        batch = inputs.shape[: inputs.dim() - len(self.mlp.in_shape)]
+        layers = self.mlp.net
+        h = layers[0](inputs.reshape(*batch, -1)) + self.label_weight[y]
+        for layer in layers[1:]:
+            h = layer(h)
+        return h.reshape(*h.shape[:-1], *self.mlp.out_shape)
+
+
+def call_net(net: nn.Module, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """``net(inputs, y)`` for a conditional network (``net.conditional`` true), else
+    ``net(inputs)``: unconditional parts ignore labels."""
+    return net(inputs, y) if getattr(net, "conditional", False) else net(inputs)
+
+
+class ConditionalNormalPrior(PyroModule):
+    r"""A learned class-conditional Gaussian prior
+    :math:`p_\theta(z \mid y) = \mathcal{N}(z;\ m_y, \mathrm{diag}\, s_y^2)`.
+
+    ``loc`` (``(C, d)``, a free parameter) and ``scale`` (``(C, d)``, a positive
+    :class:`~pyro.nn.PyroParam`) are linear maps of the one-hot label (row lookups),
+    trained jointly with the networks. Initialized to :math:`\mathcal{N}(0, I)` for every
+    class. The KL against a :class:`~pyro_vae.guides.DiagonalNormalGuide` is analytic.
+
+    :param num_classes: the number :math:`C` of classes.
+    :param latent_dim: the dimension :math:`d` of :math:`z`.
+    """
+
+    def __init__(self, num_classes: int, latent_dim: int) -> None:
+        super().__init__()
+        self.num_classes = _check_count("num_classes", num_classes)
+        self.latent_dim = check_latent_dim(latent_dim)
+        self.loc = nn.Parameter(torch.zeros(num_classes, latent_dim))
+        self.scale = PyroParam(torch.ones(num_classes, latent_dim), constraints.positive)
+
+    def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loc, scale)`` of shape ``(*y.shape, latent_dim)``."""
+        y = check_labels(y, self.num_classes)
+        return self.loc[y], self.scale[y]
+
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(loc, scale).to_event(1)
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        r"""The distribution :math:`p(z \mid y)`, batch shape ``y.shape``."""
+        return self.make_dist(*self(y))
+
+
+def condition_on_labels(part: nn.Module, num_classes: int) -> nn.Module:
+    r"""Make a likelihood or guide part conditional on the label, in place: its MLP
+    ``decoder`` (:math:`p(x \mid z) \to p(x \mid z, y)`) or ``encoder``
+    (:math:`q(z \mid x) \to q(z \mid x, y)`) is wrapped in :class:`ConditionalNet`.
+
+    :param part: a :class:`~pyro_vae.likelihoods.Likelihood` or
+        :class:`~pyro_vae.guides.Guide` built with ``.mlp(...)``.
+    :param num_classes: the number of classes of ``y``.
+    :returns: the same part.
+    """
+    for attr in ("decoder", "encoder"):
+        net = getattr(part, attr, None)
+        if isinstance(net, nn.Module):
+            if getattr(net, "conditional", False):
+                raise ValueError(f"The part's {attr} is already conditional on labels.")
+            setattr(part, attr, ConditionalNet(net, num_classes))
+            return part
+    raise ValueError(
+        f"{type(part).__name__} has no decoder or encoder network to condition; pass a "
+        "Likelihood or Guide part."
+    )
+
+
+def conditional_likelihood(
+    likelihood_cls: type,
+    latent_dim: int,
+    x_shape: Sequence[int],
+    num_classes: int,
+    hidden_dims: Sequence[int] = (400,),
+    **kwargs: Any,
+) -> PyroModule:
+    r""":math:`p(x \mid z, y)`: ``likelihood_cls.mlp(...)`` (e.g.
+    :class:`~pyro_vae.likelihoods.BernoulliLikelihood`) with a conditional decoder.
+
+    :param kwargs: passed to the likelihood's constructor (e.g. ``scale``).
+    """
+    part = likelihood_cls.mlp(latent_dim, x_shape, hidden_dims, **kwargs)
+    return condition_on_labels(part, num_classes)
+
+
+def conditional_guide(
+    guide_cls: type,
+    x_shape: Sequence[int],
+    latent_dim: int,
+    num_classes: int,
+    hidden_dims: Sequence[int] = (400,),
+    **kwargs: Any,
+) -> PyroModule:
+    r""":math:`q(z \mid x, y)`: ``guide_cls.mlp(...)`` (e.g.
+    :class:`~pyro_vae.guides.DiagonalNormalGuide`) with a conditional encoder.
+
+    :param kwargs: passed to the guide's constructor (e.g. ``num_flows``).
+    """
+    part = guide_cls.mlp(x_shape, latent_dim, hidden_dims, **kwargs)
+    return condition_on_labels(part, num_classes)
+
+
+def conditional_vae(
+    num_classes: int,
+    latent_dim: int,
+    x_shape: Sequence[int],
+    likelihood_cls: type | None = None,
+    guide_cls: type | None = None,
+    hidden_dims: Sequence[int] = (400,),
+) -> PyroModule:
+    r"""A conditional VAE: :class:`ConditionalNormalPrior`, :func:`conditional_likelihood`
+    and :func:`conditional_guide` with MLP networks (the decoder mirrors ``hidden_dims``).
+
+    :param num_classes: the number of classes of ``y``.
+    :param latent_dim: dimension of ``z``.
+    :param x_shape: shape of one data item.
+    :param likelihood_cls: default :class:`~pyro_vae.likelihoods.BernoulliLikelihood`.
+    :param guide_cls: default :class:`~pyro_vae.guides.DiagonalNormalGuide`.
+    :param hidden_dims: hidden widths of the encoder.
+    :returns: a :class:`~pyro_vae.vae.VAE`.
+    """
+    from .guides import DiagonalNormalGuide
+    from .likelihoods import BernoulliLikelihood
+    from .vae import VAE
+
+    likelihood = conditional_likelihood(
+        likelihood_cls or BernoulliLikelihood,
+        latent_dim,
+        x_shape,
+        num_classes,
+        tuple(reversed(tuple(hidden_dims))),
+    )
+    guide = conditional_guide(
+        guide_cls or DiagonalNormalGuide, x_shape, latent_dim, num_classes, hidden_dims
+    )
+    return VAE(ConditionalNormalPrior(num_classes, latent_dim), likelihood, guide)
+
+
+def _check_count(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return value

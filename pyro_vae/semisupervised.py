@@ -1,0 +1,296 @@
+r"""Semi-supervised learning with the M2 model of Kingma et al. (2014) [1].
+
+The label is a latent variable that is observed for some examples:
+
+.. math::
+
+    p_\theta(x, y, z) = p(y)\, p(z)\, p_\theta(x \mid y, z), \qquad
+    q_\phi(y, z \mid x) = q_\phi(y \mid x)\, q_\phi(z \mid x, y),
+
+with a uniform :math:`p(y)`. A labelled example contributes the ELBO
+:math:`\mathcal{L}(x, y)` of the conditional VAE; an unlabelled one
+:math:`\mathcal{U}(x) = \sum_y q_\phi(y \mid x)\,\mathcal{L}(x, y) + \mathcal{H}(q_\phi(y
+\mid x))`, computed exactly by enumerating the :math:`C` values of :math:`y` in parallel
+(:class:`~pyro.infer.TraceEnum_ELBO`, the guide's ``"y"`` site has
+``infer={"enumerate": "parallel"}``). Because :math:`q_\phi(y \mid x)` would otherwise
+learn only from unlabelled data, the classification loss on the labelled examples is
+added with weight :math:`\alpha` (eq. 9 of [1]):
+
+.. math::
+
+    \mathcal{J}^\alpha = \sum_{(x, y)\ \mathrm{labelled}} \big[-\mathcal{L}(x, y)
+        - \alpha \log q_\phi(y \mid x)\big]
+        + \sum_{x\ \mathrm{unlabelled}} -\mathcal{U}(x).
+
+The parts are those of the conditional VAE (:mod:`pyro_vae.conditional`): a likelihood
+with a :class:`~pyro_vae.conditional.ConditionalNet` decoder on ``[z, one_hot(y)]``, a
+guide with a conditional encoder on ``[x, one_hot(y)]``, plus a classifier network for
+:math:`q_\phi(y \mid x)`. Pyro's SS-VAE tutorial (``examples/vae/ss_vae_M2.py``) reports
+test accuracies of about 0.93 and 0.95 with 100 and 1000 labels after long training.
+
+1. D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling, *Semi-supervised learning with
+   deep generative models*, NeurIPS 2014.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import pyro
+import torch
+from pyro import distributions as dist
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.nn import PyroModule
+from torch import nn
+
+from .conditional import check_labels, conditional_guide, conditional_likelihood
+from .nn import MLP
+from .priors import StandardNormalPrior
+from .train import History
+
+__all__ = ["SemiSupervisedVAE", "classification_accuracy", "fit_semisupervised"]
+
+_names = itertools.count()
+
+
+class SemiSupervisedVAE(PyroModule):
+    r"""The M2 model: ``model(x, y=None)`` and ``guide(x, y=None)`` with the label site
+    ``"y"`` observed when ``y`` is given and enumerated otherwise.
+
+    Train with :func:`fit_semisupervised`; classify with :meth:`classify`. The
+    ``model``/``guide`` pair follows the site conventions (``"x"``, ``"z"``, ``"y"``,
+    plate ``"data"``), so :class:`~pyro.infer.TraceEnum_ELBO` (``max_plate_nesting=1``)
+    scores it directly.
+
+    :param prior: :math:`p(z)`, e.g. :class:`~pyro_vae.priors.StandardNormalPrior`.
+    :param likelihood: :math:`p(x \mid z, y)`, with a conditional decoder.
+    :param guide: :math:`q(z \mid x, y)`, with a conditional encoder.
+    :param classifier: network mapping ``(*batch, *x_shape)`` to ``(*batch, C)`` logits of
+        :math:`q(y \mid x)`.
+    :param num_classes: the number :math:`C` of classes.
+    :param name: the Pyro name prefix; unique by default.
+    """
+
+    def __init__(
+        self,
+        prior: PyroModule,
+        likelihood: PyroModule,
+        guide: PyroModule,
+        classifier: nn.Module,
+        num_classes: int,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=f"ssvae{next(_names)}" if name is None else name)
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        self.prior = prior
+        self.likelihood = likelihood
+        self.posterior = guide
+        self.classifier = classifier
+        self.num_classes = num_classes
+
+    @classmethod
+    def mlp(
+        cls,
+        num_classes: int,
+        latent_dim: int,
+        x_shape: Sequence[int],
+        hidden_dims: Sequence[int] = (500,),
+        likelihood_cls: type | None = None,
+    ) -> SemiSupervisedVAE:
+        """M2 with MLP networks, as in Pyro's tutorial (500 hidden units, ``latent_dim``
+        50 there): a standard normal prior, a Bernoulli likelihood by default, a diagonal
+        Normal guide and an MLP classifier."""
+        from .guides import DiagonalNormalGuide
+        from .likelihoods import BernoulliLikelihood
+
+        hidden = tuple(hidden_dims)
+        likelihood = conditional_likelihood(
+            likelihood_cls or BernoulliLikelihood,
+            latent_dim,
+            x_shape,
+            num_classes,
+            tuple(reversed(hidden)),
+        )
+        guide = conditional_guide(DiagonalNormalGuide, x_shape, latent_dim, num_classes, hidden)
+        classifier = MLP(tuple(x_shape), hidden, num_classes)
+        return cls(StandardNormalPrior(latent_dim), likelihood, guide, classifier, num_classes)
+
+    def _label_prior(self, like: torch.Tensor) -> dist.Distribution:
+        return dist.Categorical(logits=like.new_zeros(self.num_classes))
+
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> torch.Tensor:
+        r""":math:`z \sim p(z),\ y \sim p(y),\ x \sim p(x \mid z, y)`; ``y`` is observed
+        when given. With ``x=None`` it generates (``y`` or ``num_samples`` sets the size)."""
+        if y is not None:
+            check_labels(y, self.num_classes)
+        n = x.shape[0] if x is not None else y.shape[0] if y is not None else num_samples
+        if n is None or n <= 0:
+            raise ValueError("With x=None and y=None the model needs num_samples > 0.")
+        with pyro.plate("data", n):
+            z = pyro.sample("z", self.prior.dist())
+            y = pyro.sample("y", self._label_prior(z), obs=y)
+            return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
+
+    def guide(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        num_samples: int | None = None,
+    ) -> None:
+        r""":math:`y \sim q(y \mid x)` (enumerated) when ``y`` is missing, then
+        :math:`z \sim q(z \mid x, y)`."""
+        if x is None:
+            raise ValueError("The guide needs data x; sample from the model to generate.")
+        with pyro.plate("data", x.shape[0]):
+            if y is None:
+                y = pyro.sample("y", self.class_dist(x), infer={"enumerate": "parallel"})
+            else:
+                check_labels(y, self.num_classes)
+            pyro.sample("z", self.posterior.dist(x, y))
+
+    def class_dist(self, x: torch.Tensor) -> dist.Distribution:
+        r"""The classifier :math:`q(y \mid x)`, a :class:`~pyro.distributions.Categorical`."""
+        return dist.Categorical(logits=self.classifier(x))
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        r"""The most probable class under :math:`q(y \mid x)`, shape ``(N,)``."""
+        return self.classifier(x).argmax(-1)
+
+
+@torch.no_grad()
+def classification_accuracy(
+    ssvae: SemiSupervisedVAE, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
+) -> float:
+    """The fraction of ``x`` whose most probable class under :math:`q(y|x)` is ``y``."""
+    if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"Need as many labels as examples, got {x.shape[0]} and {y.shape[0]}.")
+    correct = sum(
+        int((ssvae.classify(x[i : i + batch_size]) == y[i : i + batch_size]).sum())
+        for i in range(0, x.shape[0], batch_size)
+    )
+    return correct / x.shape[0]
+
+
+def fit_semisupervised(
+    ssvae: SemiSupervisedVAE,
+    labelled: tuple[torch.Tensor, torch.Tensor],
+    unlabelled: torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 200,
+    lr: float = 1e-3,
+    aux_weight: float = 50.0,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    validation_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> History:
+    r"""Train M2 by minimising :math:`\mathcal{J}^\alpha` with Adam.
+
+    Each step pairs one batch of unlabelled examples (one pass over ``unlabelled`` is an
+    epoch) with one batch of labelled examples, drawn in turn from a reshuffled
+    ``labelled`` set; the loss of the step is
+
+    .. math:: -\sum_{\mathrm{unlab.\ batch}} \mathcal{U}(x)
+        - \sum_{\mathrm{lab.\ batch}} \big[\mathcal{L}(x, y) + \alpha \log q(y \mid x)\big],
+
+    with :class:`~pyro.infer.TraceEnum_ELBO` for :math:`\mathcal{U}` and
+    :class:`~pyro.infer.Trace_ELBO` for :math:`\mathcal{L}`. With few labels this
+    revisits each labelled example many times per epoch, i.e. it weights the labelled
+    part more than a plain sum over the dataset would (Pyro's tutorial instead interleaves
+    one labelled batch every so many unlabelled ones); it is a schedule choice, not a
+    different objective per example. Unlike :func:`~pyro_vae.fit`, this loop writes no
+    checkpoints.
+
+    :param ssvae: the model.
+    :param labelled: ``(x, y)`` of the labelled examples.
+    :param unlabelled: ``x`` of the unlabelled examples.
+    :param epochs: passes over the unlabelled data.
+    :param batch_size: examples per batch (labelled batches hold at most all labels).
+    :param lr: Adam learning rate.
+    :param aux_weight: :math:`\alpha`, the weight of the classification loss per labelled
+        example.
+    :param transform: applied to every batch of ``x`` (e.g.
+        :class:`~pyro_vae.data.DynamicBinarization`).
+    :param validation_data: ``(x, y)`` for the per-epoch ``val_accuracy``.
+    :param seed: seeds Pyro/torch and the batch order.
+    :param max_seconds: stop after the first epoch that ends past this wall-clock budget
+        (also checked every step, then the epoch's record is written as it stands).
+    :param log: called with each epoch's record.
+    :returns: a :class:`~pyro_vae.train.History` with ``loss``, ``val_accuracy``,
+        ``seconds`` per epoch.
+    """
+    x_l, y_l = labelled
+    check_labels(y_l, ssvae.num_classes)
+    if x_l.shape[0] == 0 or x_l.shape[0] != y_l.shape[0]:
+        raise ValueError(
+            f"labelled must be (x, y) with as many labels as examples and at least one; got "
+            f"{x_l.shape[0]} examples and {y_l.shape[0]} labels."
+        )
+    if unlabelled.shape[0] == 0:
+        raise ValueError("unlabelled is empty; pass the unlabelled examples (x only).")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    if not aux_weight >= 0:
+        raise ValueError(f"aux_weight must be >= 0, got {aux_weight!r}.")
+    pyro.set_rng_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    unsupervised = TraceEnum_ELBO(max_plate_nesting=1)(ssvae.model, ssvae.guide)
+    supervised = Trace_ELBO(max_plate_nesting=1)(ssvae.model, ssvae.guide)
+    optim = torch.optim.Adam(ssvae.parameters(), lr=lr)
+    prep = transform or (lambda t: t)
+    history = History()
+    started = time.perf_counter()
+    labelled_order = iter(())
+    lab_batch = min(batch_size, x_l.shape[0])
+    step = 0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        out_of_time = False
+        for idx in torch.randperm(unlabelled.shape[0], generator=gen).split(batch_size):
+            lab_idx = next(labelled_order, None)
+            if lab_idx is None:
+                labelled_order = iter(torch.randperm(x_l.shape[0], generator=gen).split(lab_batch))
+                lab_idx = next(labelled_order)
+            xu, xl, yl = prep(unlabelled[idx]), prep(x_l[lab_idx]), y_l[lab_idx]
+            with pyro.validation_enabled(step == 0):
+                loss = unsupervised(xu) + supervised(xl, yl)
+                loss = loss - aux_weight * ssvae.class_dist(xl).log_prob(yl).sum()
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            step += 1
+            total += loss.item()
+            seen += xu.shape[0] + xl.shape[0]
+            if not math.isfinite(total):
+                raise ValueError(
+                    f"The M2 loss became NaN or infinite at step {step}; lower lr or aux_weight."
+                )
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                out_of_time = True
+                break
+        record = {"epoch": epoch + 1, "step": step, "loss": total / max(seen, 1)}
+        if validation_data is not None:
+            record["val_accuracy"] = classification_accuracy(ssvae, *validation_data)
+        record["seconds"] = time.perf_counter() - t0
+        history.records.append(record)
+        if log is not None:
+            log(record)
+        if out_of_time:
+            break
+    return history

@@ -1,0 +1,210 @@
+"""Conditional VAE: label-conditioned prior, likelihood and guide."""
+
+from __future__ import annotations
+
+import json
+
+import pyro
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+from torch.nn import functional as F
+
+from pyro_vae import (
+    VAE,
+    BernoulliLikelihood,
+    DiagonalNormalGuide,
+    StandardNormalPrior,
+    binarize,
+    elbo_terms,
+    fit,
+)
+from pyro_vae.conditional import (
+    ConditionalNet,
+    ConditionalNormalPrior,
+    condition_on_labels,
+    conditional_vae,
+)
+from pyro_vae.nn import MLP
+
+
+@pytest.fixture(scope="module")
+def labelled(bundled):
+    x, y = bundled["train"].tensors
+    xv, yv = bundled["valid"].tensors
+    return binarize(x[:1024], seed=0), y[:1024], binarize(xv[:300], seed=1), yv[:300]
+
+
+def test_conditional_net_is_a_linear_layer_on_the_concatenation():
+    torch.manual_seed(0)
+    mlp = MLP((2, 3), (5,), 4)
+    net = ConditionalNet(mlp, num_classes=3)
+    x, y = torch.randn(7, 2, 3), torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    first = mlp.net[0]
+    weight = torch.cat([first.weight, net.label_weight.T], dim=1)  # W = [W_x, W_y]
+    h = F.linear(torch.cat([x.reshape(7, 6), F.one_hot(y, 3).float()], -1), weight, first.bias)
+    expected = mlp.net[2](mlp.net[1](h))
+    assert torch.allclose(net(x, y), expected, atol=1e-6)
+    # Enumerated labels (C, 1) broadcast against the batch: one row per class.
+    out = net(x, torch.arange(3).reshape(3, 1))
+    assert out.shape == (3, 7, 4)
+    for c in range(3):
+        assert torch.allclose(out[c], net(x, torch.full((7,), c)), atol=1e-6)
+    # Vectorized particles (K, N, ...) with labels (N,).
+    assert net(x.expand(4, 7, 2, 3), y).shape == (4, 7, 4)
+
+
+def test_conditional_prior_rows_and_analytic_kl(labelled):
+    prior = ConditionalNormalPrior(10, 3)
+    with torch.no_grad():
+        prior.loc.copy_(torch.arange(30.0).reshape(10, 3))
+    d = prior.dist(torch.tensor([3, 7]))
+    assert d.batch_shape == (2,) and d.event_shape == (3,)
+    assert torch.equal(d.base_dist.loc, torch.tensor([[9.0, 10, 11], [21, 22, 23]]))
+    vae = conditional_vae(10, 3, (1, 28, 28), hidden_dims=(16,))
+    x, y = labelled[0][:8], labelled[1][:8]
+    loc, scale = vae.posterior(x, y)
+    p_loc, p_scale = vae.prior(y)
+    closed = (
+        p_scale.log() - scale.log() + (scale**2 + (loc - p_loc) ** 2) / (2 * p_scale**2) - 0.5
+    ).sum(-1)
+    assert torch.allclose(elbo_terms(vae.model, vae.guide, x, y)["kl"], closed.detach(), atol=1e-5)
+
+
+def test_generate_a_chosen_digit_with_the_right_shapes():
+    vae = conditional_vae(10, 4, (1, 28, 28), hidden_dims=(32,))
+    x = vae.model(x=None, y=torch.full((6,), 3))
+    assert x.shape == (6, 1, 28, 28)
+    assert ((x == 0) | (x == 1)).all()
+    tr = pyro.poutine.trace(vae.model).get_trace(None, torch.tensor([3, 5]))
+    assert tr.nodes["z"]["value"].shape == (2, 4)
+    # Same z, different labels: the decoder sees y.
+    z = torch.zeros(2, 4)
+    means = vae.likelihood.dist(z, torch.tensor([3, 5])).mean
+    assert not torch.allclose(means[0], means[1])
+
+
+def test_cvae_trains_and_uses_the_label(labelled):
+    x, y, xv, yv = labelled
+    torch.manual_seed(0)
+    vae = conditional_vae(10, 4, (1, 28, 28), hidden_dims=(64,))
+    before = elbo_terms(vae.model, vae.guide, xv, yv)["elbo"].mean().item()
+    history = fit(
+        vae.model,
+        vae.guide,
+        (x, y),
+        objective="meanfield",
+        epochs=3,
+        batch_size=64,
+        lr=3e-3,
+        validation_data=(xv, yv),
+        progress=False,
+    )
+    assert history["val_elbo"][-1] > before + 100
+    assert history["train_elbo"][-1] > history["train_elbo"][0]
+    # The model explains the data better with the true labels than with wrong ones.
+    pyro.set_rng_seed(1)
+    right = elbo_terms(vae.model, vae.guide, xv, yv)["elbo"].mean().item()
+    pyro.set_rng_seed(1)
+    wrong = elbo_terms(vae.model, vae.guide, xv, (yv + 1) % 10)["elbo"].mean().item()
+    assert right > wrong + 1.0, (right, wrong)
+
+
+def test_labels_missing_or_out_of_range_name_the_fix(labelled):
+    x, y = labelled[0][:4], labelled[1][:4]
+    vae = conditional_vae(10, 2, (1, 28, 28), hidden_dims=(8,))
+    with pytest.raises(ValueError, match="pass y"):
+        vae.model(x)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        vae.model(x, torch.tensor([0, 1, 10, 2]))
+    with pytest.raises(ValueError, match=r"y.long\(\)"):
+        vae.model(x, y.float())
+    with pytest.raises(ValueError, match="pass y"):
+        fit(vae.model, vae.guide, x, epochs=1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="num_classes=13"):
+        fit(
+            vae.model,
+            vae.guide,
+            (x, torch.tensor([0, 12, 3, 4])),
+            epochs=1,
+            batch_size=4,
+            progress=False,
+        )
+
+
+def test_condition_on_labels_wraps_existing_parts():
+    likelihood = condition_on_labels(BernoulliLikelihood.mlp(3, (1, 28, 28), (8,)), 10)
+    guide = condition_on_labels(DiagonalNormalGuide.mlp((1, 28, 28), 3, (8,)), 10)
+    assert isinstance(likelihood.decoder, ConditionalNet)
+    assert isinstance(guide.encoder, ConditionalNet)
+    vae = VAE(ConditionalNormalPrior(10, 3), likelihood, guide)
+    x = torch.zeros(5, 1, 28, 28)
+    loss = TraceMeanField_ELBO()(vae.model, vae.guide)(x, torch.arange(5))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="already conditional"):
+        condition_on_labels(likelihood, 10)
+    with pytest.raises(ValueError, match="no decoder or encoder"):
+        condition_on_labels(StandardNormalPrior(3), 10)
+    # An unconditional VAE ignores labels that fit passes along.
+    plain = VAE(
+        StandardNormalPrior(3),
+        BernoulliLikelihood.mlp(3, (1, 28, 28), (8,)),
+        DiagonalNormalGuide.mlp((1, 28, 28), 3, (8,)),
+    )
+    pyro.set_rng_seed(0)
+    with_y = TraceMeanField_ELBO().loss(plain.model, plain.guide, x, torch.arange(5))
+    pyro.set_rng_seed(0)
+    without = TraceMeanField_ELBO().loss(plain.model, plain.guide, x)
+    assert with_y == without
+
+
+def test_cli_trains_a_cvae_and_samples_a_chosen_label(bundled, tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    x, y = bundled["train"].tensors
+    torch.save({"x": x[:400], "y": y[:400]}, tmp_path / "small.pt")
+    out = tmp_path / "cvae"
+    common = [
+        "--dataset",
+        "file",
+        "--data-file",
+        str(tmp_path / "small.pt"),
+        "--epochs",
+        "1",
+        "--hidden-dims",
+        "16",
+        "--latent-dim",
+        "3",
+        "--batch-size",
+        "64",
+        "--no-progress",
+    ]
+    assert main(["train", *common, "--conditional", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["conditional"] is True and config["num_classes"] == 10
+    assert main(["sample", str(out), "--label", "3", "--num-samples", "8"]) == 0
+    assert (out / "samples_label3.png").is_file()
+    assert (
+        main(["train", *common, "--conditional", "--prior", "mog", "--out", str(tmp_path / "bad")])
+        == 2
+    )
+    assert "drop --prior" in capsys.readouterr().err
+    x_only = tmp_path / "x_only.pt"
+    torch.save(x[:400], x_only)
+    assert (
+        main(
+            [
+                "train",
+                *common[4:],
+                "--dataset",
+                "file",
+                "--data-file",
+                str(x_only),
+                "--conditional",
+                "--out",
+                str(tmp_path / "bad2"),
+            ]
+        )
+        == 2
+    )
+    assert "--conditional needs labels" in capsys.readouterr().err

@@ -1,20 +1,33 @@
 r"""Evaluation of any model/guide pair that follows the site conventions.
 
 The terms are computed from Pyro traces (the model replayed on a guide sample), so they
-hold for any prior, likelihood and guide, not only Gaussians.
+hold for any prior, likelihood and guide, not only Gaussians:
+
+- :func:`elbo_terms`: the ELBO and its two terms per example;
+- :func:`~pyro_vae.loglik.log_likelihood`: the importance-sampled :math:`\log p(x)` (the
+  IWAE bound's estimate) with its standard error;
+- :func:`~pyro_vae.diagnostics.latent_diagnostics`: KL per dimension and active units;
+- :func:`evaluate`: all of them in one report.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from pyro import poutine
+from pyro.distributions import MaskedDistribution
 from torch.distributions import kl_divergence
 
 from ._sites import label_kwargs, per_example
+from .diagnostics import latent_diagnostics
+from .distributions import DiscretizedLogistic
+from .loglik import log_likelihood
 
-__all__ = ["elbo_terms"]
+__all__ = ["elbo_terms", "evaluate", "is_discrete"]
 
 
 def _terms_batch(
@@ -82,3 +95,84 @@ def elbo_terms(
         for k, v in terms.items():
             chunks[k].append(v)
     return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+def is_discrete(model: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> bool:
+    r"""Whether the distribution at the observed site ``"x"`` is discrete (e.g. Bernoulli),
+    so that :math:`-\log p(x)` is a code length and bits per dimension are meaningful."""
+    trace = poutine.trace(poutine.uncondition(model)).get_trace(
+        x[:1], **label_kwargs(model, None if y is None else y[:1])
+    )
+    if "x" not in trace.nodes:
+        raise ValueError('The model has no site "x"; name the observed site "x".')
+    fn = trace.nodes["x"]["fn"]
+    while isinstance(fn, torch.distributions.Independent | MaskedDistribution):
+        fn = fn.base_dist
+    # the discretized logistic is a probability mass on a grid in [0, 1]
+    return bool(fn.support.is_discrete) or isinstance(fn, DiscretizedLogistic)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    particle_chunk: int = 100,
+) -> dict[str, Any]:
+    r"""The evaluation report of a model/guide pair on data ``x``, all in nats per example:
+
+    - ``elbo``, ``reconstruction``, ``kl``: dataset means of :func:`elbo_terms`;
+    - ``nll``, ``nll_stderr``: :math:`-\widehat{\log p}(x)` from
+      :func:`~pyro_vae.loglik.log_likelihood` with ``num_samples`` importance samples, and
+      the Monte Carlo standard error of the mean;
+    - ``bits_per_dim``: ``nll / (D ln 2)`` when the likelihood of ``"x"`` is discrete
+      (:func:`is_discrete`), else ``None`` (a density is not a code length);
+    - ``active_units``, ``latent_dim``, ``activity``, ``kl_per_dim`` (``None`` if the guide
+      or prior does not factorize): :func:`~pyro_vae.diagnostics.latent_diagnostics`, which
+      warns on posterior collapse;
+    - ``num_examples``, ``num_samples``, ``seconds_log_likelihood``.
+
+    :param model: Pyro model with observed site ``"x"`` and latent ``"z"`` in plate ``"data"``.
+    :param guide: the matching guide.
+    :param x: data ``(N, ...)``, ``N >= 2``.
+    :param y: optional labels.
+    :param num_samples: importance samples :math:`K` per example.
+    :param batch_size: examples per forward pass of the importance sampler.
+    :param particle_chunk: particles per forward pass.
+    """
+    if x.shape[0] < 2:
+        raise ValueError("evaluate needs at least 2 examples (active units are a variance).")
+    terms = elbo_terms(model, guide, x, y)
+    started = time.perf_counter()
+    ll = log_likelihood(
+        model,
+        guide,
+        x,
+        y,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        particle_chunk=particle_chunk,
+    )
+    seconds = time.perf_counter() - started
+    diag = latent_diagnostics(model, guide, x, y)
+    nll = -ll.mean
+    dims = x[0].numel()
+    return {
+        "num_examples": int(x.shape[0]),
+        "num_samples": int(num_samples),
+        "elbo": terms["elbo"].mean().item(),
+        "reconstruction": terms["reconstruction"].mean().item(),
+        "kl": terms["kl"].mean().item(),
+        "nll": nll,
+        "nll_stderr": ll.mean_stderr,
+        "bits_per_dim": nll / (dims * math.log(2)) if is_discrete(model, x, y) else None,
+        "active_units": diag.num_active,
+        "latent_dim": diag.latent_dim,
+        "activity": diag.activity.tolist(),
+        "kl_per_dim": None if diag.kl_per_dim is None else diag.kl_per_dim.tolist(),
+        "seconds_log_likelihood": seconds,
+    }

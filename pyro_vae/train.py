@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from ._sites import accepts_y
+from .capture import CapturedStep
 from .checkpoint import load_checkpoint, load_module_states, save_checkpoint
 from .evaluate import elbo_terms
 from .objectives import make_objective
@@ -294,6 +295,7 @@ def fit(
     sync_every: int = 50,
     eval_examples: int = 2000,
     on_nan: str = "raise",
+    capture: bool | None = None,
 ) -> History:
     r"""Train a model/guide pair by stochastic variational inference, maximising
 
@@ -339,6 +341,13 @@ def fit(
         ``"raise"`` (default) stops with :class:`TrainingDivergedError`; ``"skip"`` drops
         that batch; ``"reduce_lr"`` drops it and halves the learning rate. The last two
         check every step (one host sync per step) and give up after 10 bad steps in a row.
+    :param capture: replay each step's loss and gradient as a recorded graph
+        (:class:`~pyro_vae.capture.CapturedStep`) for every batch shape where recording is
+        safe and verified to match the Pyro path; other steps run the Pyro path. ``None``
+        (default) captures when model and guide are ``nn.Module`` methods (e.g.
+        ``vae.model``), whose structure is fixed by their modules; ``True`` also tries
+        other callables; ``False`` always runs the Pyro path. Objectives with a schedule
+        (``set_step``, e.g. KL warm-up) always run the Pyro path.
 
     Ctrl-C (SIGINT) finishes the current step, writes a checkpoint to ``run_dir`` (also in
     the middle of an epoch) and returns the history with ``history.interrupted = True``;
@@ -449,8 +458,17 @@ def fit(
             "The model and guide have no trainable parameters: make them nn.Modules (e.g. "
             "PyroModule) or register networks with pyro.module / pyro.param."
         )
-    make_opt = optimizer or partial(torch.optim.Adam, lr=lr, foreach=True)
+    # One fused Adam kernel for all parameters where torch has one, else foreach (measured
+    # for the 784-400-50 VAE on one CPU thread: 2.8 ms per Adam step fused, 9.1 foreach).
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    adam_kind = {"fused": True} if fused else {"foreach": True}
+    make_opt = optimizer or partial(torch.optim.Adam, lr=lr, **adam_kind)
     optim = make_opt(params)
+    # Replays the loss and gradient as one recorded graph where that is verified to equal
+    # the Pyro path (capture.py); a schedule (set_step) changes the program between steps.
+    if capture is None:
+        capture = all(isinstance(getattr(f, "__self__", f), nn.Module) for f in (model, guide))
+    stepper = CapturedStep(loss_fn, params, modules) if capture and set_step is None else None
 
     history = History()
     start_epoch, step = 0, 0
@@ -553,9 +571,12 @@ def fit(
                 kwargs = {"y": yb} if kw_ok and yb is not None else {}
                 if set_step is not None:
                     set_step(step)  # the checkpointed global step: exact on resume
-                loss = loss_fn(xb, **kwargs)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
+                if stepper is not None:
+                    loss = stepper.step(xb, **kwargs)  # sets every p.grad, like backward()
+                else:
+                    loss = loss_fn(xb, **kwargs)
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
                 loss, batch_n = loss.detach(), xb.shape[0]
                 if ctx is not None:  # sum gradients, loss, batch size and Ctrl-C over ranks
                     loss, batch_n, stop = _all_reduce_step(params, loss, batch_n, interrupt)

@@ -43,9 +43,11 @@ def max_plate_nesting(
     return -min(dims) if dims else 0
 
 
-def _in_particles(fn: Callable, num_particles: int, dim: int) -> Callable:
+def _in_particles(
+    fn: Callable, num_particles: int, dim: int, device: torch.device | None = None
+) -> Callable:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
+        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim, device=device):
             return fn(*args, **kwargs)
 
     return wrapped
@@ -64,12 +66,12 @@ def particle_traces(
     """Guide trace with ``num_particles`` vectorized draws, and the model replayed on it
     (unconditioned if asked, so that its observed sites are sampled)."""
     dim = -(nesting + 1)
-    guide_tr = poutine.trace(_in_particles(guide, num_particles, dim)).get_trace(
+    guide_tr = poutine.trace(_in_particles(guide, num_particles, dim, x.device)).get_trace(
         x, **label_kwargs(guide, y)
     )
     run = poutine.uncondition(model) if uncondition else model
     model_tr = poutine.trace(
-        poutine.replay(_in_particles(run, num_particles, dim), trace=guide_tr)
+        poutine.replay(_in_particles(run, num_particles, dim, x.device), trace=guide_tr)
     ).get_trace(x, **label_kwargs(model, y))
     return prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr)
 

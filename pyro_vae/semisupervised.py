@@ -137,7 +137,11 @@ class SemiSupervisedVAE(PyroModule):
         n = x.shape[0] if x is not None else y.shape[0] if y is not None else num_samples
         if n is None or n <= 0:
             raise ValueError("With x=None and y=None the model needs num_samples > 0.")
-        with pyro.plate("data", n):
+        # the data's device, else the modules' (generation from num_samples alone)
+        device = next((t.device for t in (x, y) if t is not None), None) or next(
+            t.device for t in (*self.parameters(), *self.buffers())
+        )
+        with pyro.plate("data", n, device=device):
             z = pyro.sample("z", self.prior.dist())
             y = pyro.sample("y", self._label_prior(z), obs=y)
             return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
@@ -153,7 +157,7 @@ class SemiSupervisedVAE(PyroModule):
         :math:`z \sim q(z \mid x, y)`."""
         if x is None:
             raise ValueError("The guide needs data x; sample from the model to generate.")
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0], device=x.device):
             if y is None:
                 y = pyro.sample("y", self.class_dist(x), infer={"enumerate": "parallel"})
             else:

@@ -596,10 +596,11 @@ def _eval_data(
     vae.to(device)
     x, y = x.to(device), None if y is None else y.to(device)
     vae.check_data(x)
-    torch.manual_seed(args.seed)
+    ctx = distributed.context()
+    seed = args.seed + (ctx.rank if ctx is not None else 0)  # independent draws per rank
     import pyro
 
-    pyro.set_rng_seed(args.seed)
+    pyro.set_rng_seed(seed)
     return vae, config, x, y
 
 
@@ -626,6 +627,10 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     report["wall_seconds"] = time.perf_counter() - started
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["warnings"] = [str(w.message) for w in caught]
+    ctx = distributed.context()
+    report["world_size"] = 1 if ctx is None else ctx.world_size
+    if ctx is not None and not ctx.is_main:
+        return report  # rank 0 alone writes and prints; the estimates are gathered
     out = Path(args.run_dir) / "evaluation.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     bpd = report["bits_per_dim"]
@@ -710,7 +715,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     explicit = vars(_parser(suppress=True).parse_args(argv))
     try:
         if args.command in EVAL_COMMANDS:
-            EVAL_COMMANDS[args.command](args)
+            # under torchrun, evaluate shards the importance sampling over the ranks;
+            # ppc and sample are not sharded, so rank 0 alone runs them
+            ctx = distributed.init_from_env(args.device)
+            try:
+                if ctx is not None:
+                    args.device = str(distributed.rank_device(args.device))
+                if ctx is None or ctx.is_main or args.command == "evaluate":
+                    EVAL_COMMANDS[args.command](args)
+            finally:
+                if ctx is not None:
+                    torch.distributed.destroy_process_group()
             return 0
         if args.command == "train":
             config = _train_config(args, explicit)

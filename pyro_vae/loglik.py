@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import distributed
 from ._particles import log_weights, max_plate_nesting, particle_traces
 
 __all__ = ["LogLikelihood", "log_likelihood"]
@@ -113,6 +114,7 @@ def log_likelihood(
     num_samples: int = 1000,
     batch_size: int = 100,
     particle_chunk: int = 100,
+    shard: bool = True,
 ) -> LogLikelihood:
     r"""Importance-sampled :math:`\log p(x)` per example, with its standard error.
 
@@ -146,6 +148,10 @@ def log_likelihood(
     :param num_samples: :math:`K`, importance samples per example.
     :param batch_size: examples per forward pass.
     :param particle_chunk: particles per forward pass.
+    :param shard: under :mod:`torch.distributed` (e.g. ``torchrun``), let each rank estimate
+        a contiguous slice of the examples and gather the results, so that every rank
+        returns the estimates for all of ``x``, in order. Every rank must call with the
+        same ``x``. ``False`` (or a single process) estimates every example locally.
     :returns: a :class:`LogLikelihood` with ``estimate`` and ``stderr`` of shape ``(N,)``.
     :raises ValueError: on empty data, non-positive counts, a global latent, or NaN weights.
     """
@@ -160,7 +166,42 @@ def log_likelihood(
     if y is not None and y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; pass matching y.")
     nesting = max_plate_nesting(model, guide, x[:batch_size], _rows(y, 0, batch_size))
-    estimates, stderrs = [], []
+    ctx = distributed.context()
+    if ctx is not None and ctx.world_size > 1 and shard:
+        # each rank estimates its contiguous slice of the examples; gathered in order
+        rows = distributed.shard(x.shape[0], ctx)
+        local = _estimate(
+            model,
+            guide,
+            x[rows],
+            None if y is None else y[rows],
+            num_samples,
+            batch_size,
+            particle_chunk,
+            nesting,
+        )
+        n = x.shape[0]
+        return LogLikelihood(
+            distributed.gather_rows(local.estimate, n, ctx),
+            distributed.gather_rows(local.stderr, n, ctx),
+            num_samples,
+        )
+    return _estimate(model, guide, x, y, num_samples, batch_size, particle_chunk, nesting)
+
+
+def _estimate(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    num_samples: int,
+    batch_size: int,
+    particle_chunk: int,
+    nesting: int,
+) -> LogLikelihood:
+    """The single-process estimator of :func:`log_likelihood` on all rows of ``x``."""
+    empty = x.new_zeros(0, dtype=torch.float64)
+    estimates, stderrs = [empty], [empty]  # a rank's shard may be empty
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start : start + batch_size], _rows(y, start, batch_size)
         acc = _LogMeanExp(xb.shape[0], x.device)

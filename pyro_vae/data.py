@@ -280,8 +280,18 @@ def binarize(x: torch.Tensor, seed: int | None = 0) -> torch.Tensor:
     :param seed: seed of the draw (``None`` uses the global RNG).
     :returns: a float tensor of 0s and 1s, the same shape as ``x``.
     """
+    if not x.is_floating_point():
+        raise ValueError(
+            f"binarize needs float intensities in [0, 1], but the data are {x.dtype}; for "
+            "8-bit images use x.float() / 255."
+        )
+    if torch.isnan(x).any():
+        raise ValueError("binarize got NaN intensities; remove or impute those examples.")
     if (x < 0).any() or (x > 1).any():
-        raise ValueError("binarize needs intensities in [0, 1]; rescale the data first.")
+        raise ValueError(
+            f"binarize needs intensities in [0, 1], but they range over "
+            f"[{x.min().item():g}, {x.max().item():g}]; rescale the data first."
+        )
     gen = None
     if seed is not None:
         gen = torch.Generator(device=x.device).manual_seed(seed)

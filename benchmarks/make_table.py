@@ -6,7 +6,8 @@ throughput table lists the newest ``throughput-*.json``. Prints markdown to stdo
 
 Usage::
 
-    python benchmarks/make_table.py [--results benchmarks/results]
+    python benchmarks/make_table.py [--results benchmarks/results]   # print
+    python benchmarks/make_table.py --write-readme   # rewrite README.md's generated blocks
 """
 
 from __future__ import annotations
@@ -28,18 +29,21 @@ ANCHORS = [
 
 def nll_table(results: list[dict]) -> str:
     lines = [
-        "| model | test NLL (nats) | K | training | source |",
-        "|---|---|---|---|---|",
+        "| model | test NLL (nats) | K | training | evaluation | source |",
+        "|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: r["test_nll"]):
+        evaluation = f"{r['eval_seconds'] / 60:.1f} min" if "eval_seconds" in r else ""
+        if "peak_rss_mb" in r:
+            evaluation += f", peak RSS {r['peak_rss_mb'] / 1024:.2f} GB"
         lines.append(
-            f"| pyro-vae `{r['config']}` | {r['test_nll']:.2f} ± {r['test_nll_stderr']:.2f} | "
-            f"{r['num_samples']} | {r['epochs_trained']} epochs, {r['train_seconds'] / 60:.0f} "
-            f"min, {r['threads']} threads | this repo, {r['date']} "
-            f"({r['test_examples']} test images) |"
+            f"| pyro-vae `{r['config']}` | {r['test_nll']:.2f} ± {r['test_nll_stderr']:.3f} | "
+            f"{r['num_samples']} | {r['epochs_trained']} epochs (best {r['best_epoch']}), "
+            f"{r['train_seconds'] / 60:.0f} min, {r['threads']} threads | {evaluation} | "
+            f"this repo, {r['date']}, {r['machine']} ({r['test_examples']} test images) |"
         )
     for name, value in ANCHORS:
-        lines.append(f"| {name} | {value:.2f} | | | published |")
+        lines.append(f"| {name} | {value:.2f} | | | | published |")
     return "\n".join(lines)
 
 
@@ -69,19 +73,112 @@ def throughput_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def parts_table(result: dict) -> str:
+    lines = [
+        f"Date {result['date']}, {result['machine']}, {result['threads']} threads, torch "
+        f"{result['torch']}; {result['data']}; {result['epochs']} epochs each, "
+        f"IS NLL with K={result['num_samples']}.",
+        "",
+        "| configuration | `pyro-vae train` flags | test ELBO | test NLL (nats) | KL | "
+        "active units | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        flags = " ".join(r["flags"]) or "(defaults)"
+        lines.append(
+            f"| {r['name']} | `{flags}` | {r['elbo']:.2f} | {r['nll']:.2f} ± "
+            f"{r['nll_stderr']:.2f} | {r['kl']:.2f} | {r['active_units']} / {r['latent_dim']} | "
+            f"{r['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def scale_table(result: dict) -> str:
+    lines = [
+        f"Date {result['date']}, {result['threads']} threads; slope "
+        f"{result['seconds_per_1000_examples']:.2f} s per 1,000 examples, largest / smallest "
+        f"time per example {result['time_per_example_max_over_min']:.2f}, peak RSS growth "
+        f"{result['peak_rss_growth_mib']:.0f} MiB from the smallest to the largest N.",
+        "",
+        "| N | epoch s | peak RSS during fit (MiB) |",
+        "|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['n']} | {r['epoch_seconds_mean']:.1f} | {r['peak_rss_during_fit_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def render(results_dir: Path) -> dict[str, str]:
+    """The two generated blocks of the README: ``parts`` and ``benchmarks``."""
+    loaded = [(f, json.loads(f.read_text())) for f in sorted(results_dir.glob("*.json"))]
+
+    def newest(kind: str) -> tuple[Path, dict] | None:
+        found = [(f, r) for f, r in loaded if r.get("kind") == kind]
+        return max(found, key=lambda fr: fr[1]["date"]) if found else None
+
+    blocks = {"parts": "", "benchmarks": ""}
+    parts = newest("parts")
+    if parts is not None:
+        blocks["parts"] = f"Results file `{parts[0].name}`.\n\n" + parts_table(parts[1])
+    out = [
+        "### Test NLL, binarized MNIST",
+        "",
+        nll_table([r for _, r in loaded if r.get("kind") == "nll"]),
+    ]
+    scale = newest("scale")
+    if scale is not None:
+        out += ["", f"### Epoch time and memory against N ({scale[0].name})", ""]
+        out.append(scale_table(scale[1]))
+    ddp = newest("ddp")
+    if ddp is not None:
+        r = ddp[1]
+        out += ["", f"### One process against torchrun ({ddp[0].name})", ""]
+        out.append(
+            f"Date {r['date']}, {r['machine']}, {r['threads']} threads in all, default "
+            f"`pyro-vae train`, median over epochs 2-{r['epochs']}: 1 process "
+            f"{r['one_process']['examples_per_s_median']:.0f} examples/s, {r['nproc']} "
+            f"processes {r['torchrun']['examples_per_s_median']:.0f} examples/s "
+            f"(ratio {r['ratio']:.2f})."
+        )
+    # the newest throughput measurement for each thread count; older files stay as history
+    throughput = [(f, r) for f, r in loaded if r.get("kind") == "throughput"]
+    for threads in sorted({r["threads"] for _, r in throughput}, reverse=True):
+        f, r = max(
+            ((f, r) for f, r in throughput if r["threads"] == threads),
+            key=lambda fr: fr[1]["date"],
+        )
+        out += ["", f"### Training throughput ({f.name})", "", throughput_table(r)]
+    blocks["benchmarks"] = "\n".join(out)
+    return blocks
+
+
+def write_readme(readme: Path, blocks: dict[str, str]) -> None:
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``."""
+    text = readme.read_text()
+    for name, block in blocks.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start not in text or end not in text:
+            raise SystemExit(f"{readme} has no {start} ... {end} markers.")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{block}\n{end}{tail}"
+    readme.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument(
+        "--write-readme", action="store_true", help="rewrite the generated blocks of README.md"
+    )
     args = parser.parse_args(argv)
-    files = sorted(Path(args.results).glob("*.json"))
-    loaded = [(f, json.loads(f.read_text())) for f in files]
-    nll = [r for _, r in loaded if r.get("kind") == "nll"]
-    throughput = [(f, r) for f, r in loaded if r.get("kind") == "throughput"]
-    print("### Test NLL, binarized MNIST\n")
-    print(nll_table(nll))
-    for f, r in throughput:
-        print(f"\n### Training throughput ({f.name})\n")
-        print(throughput_table(r))
+    blocks = render(Path(args.results))
+    if args.write_readme:
+        write_readme(ROOT / "README.md", blocks)
+    else:
+        print(blocks["parts"] + "\n\n" + blocks["benchmarks"])
     return 0
 
 

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": train_seconds,
         "time_budget_s": args.time_budget,
         "eval_seconds": eval_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": args.threads,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": datetime.date.today().isoformat(),
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.config}: test NLL {result['test_nll']:.2f} ± {result['test_nll_stderr']:.2f} "
         f"(K={args.num_samples}, {test.shape[0]} images) after {len(history)} epochs, "
-        f"{train_seconds:.0f} s; wrote {out}"
+        f"{train_seconds:.0f} s; evaluation {eval_seconds:.0f} s, peak RSS "
+        f"{result['peak_rss_mb']:.0f} MB; wrote {out}"
     )
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 
 import pyro
@@ -268,6 +269,21 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(binary, tmp_path):
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["modules"][0].values())
+    # the kept checkpoint resumes: the same modules, with the healthy model, finish the run
+    history = fit(vae.model, vae.guide, x, epochs=3, resume=tmp_path, progress=False)
+    assert [r["epoch"] for r in history.records] == [1, 2, 3]
+    assert all(math.isfinite(r["train_elbo"]) for r in history.records)
+
+
+def test_full_disk_is_refused_before_training(binary, tmp_path, monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
+    vae = small_vae()
+    with pytest.raises(ValueError, match=r"MiB free in .*free some space"):
+        fit(vae.model, vae.guide, binary[0], epochs=1, run_dir=tmp_path, progress=False)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
 
 
 @pytest.mark.filterwarnings("ignore:Encountered")

@@ -122,6 +122,7 @@ def evaluate(
     num_samples: int = 5000,
     batch_size: int = 100,
     particle_chunk: int = 100,
+    shard: bool = True,
 ) -> dict[str, Any]:
     r"""The evaluation report of a model/guide pair on data ``x``, all in nats per example:
 
@@ -143,6 +144,8 @@ def evaluate(
     :param num_samples: importance samples :math:`K` per example.
     :param batch_size: examples per forward pass of the importance sampler.
     :param particle_chunk: particles per forward pass.
+    :param shard: under :mod:`torch.distributed`, split the importance sampling over the
+        ranks (every rank must call); ``False`` evaluates on this rank alone.
     """
     if x.shape[0] < 2:
         raise ValueError("evaluate needs at least 2 examples (active units are a variance).")
@@ -156,6 +159,7 @@ def evaluate(
         num_samples=num_samples,
         batch_size=batch_size,
         particle_chunk=particle_chunk,
+        shard=shard,
     )
     seconds = time.perf_counter() - started
     diag = latent_diagnostics(model, guide, x, y)

@@ -182,8 +182,14 @@ SHARDED_LL = textwrap.dedent(
 
     pyro.set_rng_seed(rank)
     ll = log_likelihood(model, guide, x, num_samples=10, particle_chunk=5)
-    torch.save({"estimate": ll.estimate, "exact": marginal.log_prob(x), "seen": seen},
-               f"{out}/ll-{rank}.pt")
+    sharded_seen = list(seen)
+    seen.clear()
+    alone = None
+    if rank == 1:  # one rank alone, no collective: must not wait for the others
+        alone = log_likelihood(model, guide, x, num_samples=10, particle_chunk=5, shard=False)
+        alone = {"estimate": alone.estimate, "seen": list(seen)}
+    torch.save({"estimate": ll.estimate, "exact": marginal.log_prob(x), "seen": sharded_seen,
+                "alone": alone}, f"{out}/ll-{rank}.pt")
     td.destroy_process_group()
     """
 )
@@ -201,6 +207,9 @@ def test_log_likelihood_is_sharded_over_ranks_and_gathered_in_order(tmp_path):
         # after the one probe of the program on the whole batch, each rank's guide saw
         # only its own shard, once per chunk of 5 particles
         assert got["seen"][1:] == [shard_rows, shard_rows], got["seen"]
+    alone = ranks[1]["alone"]  # shard=False: every row on this rank, the same values
+    assert alone["seen"][1:] == [7, 7]
+    torch.testing.assert_close(alone["estimate"], ranks[1]["exact"].double(), atol=1e-4, rtol=0)
 
 
 def test_cuda_under_torchrun_without_gpu_is_refused(monkeypatch):

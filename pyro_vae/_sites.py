@@ -26,6 +26,19 @@ def label_kwargs(fn: Callable[..., Any], y: torch.Tensor | None) -> dict[str, to
     return {"y": y} if y is not None and accepts_y(fn) else {}
 
 
+def batch_device(
+    module: torch.nn.Module, x: torch.Tensor | None, y: torch.Tensor | None
+) -> torch.device:
+    """Where a batch's plate lives: the data's device, else the module's parameters' (when
+    a model generates from ``num_samples`` alone)."""
+    for t in (x, y):
+        if t is not None:
+            return t.device
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def per_example(value: torch.Tensor, site: dict[str, Any], num_examples: int) -> torch.Tensor:
     """Reduce a site's log-density (batch-shaped) to one number per example.
 

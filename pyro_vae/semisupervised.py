@@ -46,6 +46,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 
+from ._sites import batch_device
 from .conditional import check_labels, conditional_guide, conditional_likelihood
 from .nn import MLP
 from .priors import StandardNormalPrior
@@ -137,11 +138,7 @@ class SemiSupervisedVAE(PyroModule):
         n = x.shape[0] if x is not None else y.shape[0] if y is not None else num_samples
         if n is None or n <= 0:
             raise ValueError("With x=None and y=None the model needs num_samples > 0.")
-        # the data's device, else the modules' (generation from num_samples alone)
-        device = next((t.device for t in (x, y) if t is not None), None) or next(
-            t.device for t in (*self.parameters(), *self.buffers())
-        )
-        with pyro.plate("data", n, device=device):
+        with pyro.plate("data", n, device=batch_device(self, x, y)):
             z = pyro.sample("z", self.prior.dist())
             y = pyro.sample("y", self._label_prior(z), obs=y)
             return pyro.sample("x", self.likelihood.dist(z, y), obs=x)

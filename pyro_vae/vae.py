@@ -19,6 +19,8 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
+from ._sites import batch_device
+
 __all__ = ["VAE"]
 
 _names = itertools.count()
@@ -88,7 +90,9 @@ class VAE(PyroModule):
         :param num_samples: the batch size when both ``x`` and ``y`` are ``None``.
         :returns: the observed or sampled ``x``.
         """
-        with pyro.plate("data", self._batch_size(x, y, num_samples), device=self._device(x, y)):
+        with pyro.plate(
+            "data", self._batch_size(x, y, num_samples), device=batch_device(self, x, y)
+        ):
             z = pyro.sample("z", self.prior.dist(y))
             return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
 
@@ -123,15 +127,6 @@ class VAE(PyroModule):
         check = getattr(self.likelihood, "check_data", None)
         if check is not None:
             check(x)
-
-    def _device(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.device:
-        """Where the batch lives: the data's device, else the parameters' (for sampling)."""
-        for t in (x, y):
-            if t is not None:
-                return t.device
-        for t in (*self.parameters(), *self.buffers()):
-            return t.device
-        return torch.device("cpu")
 
     @staticmethod
     def _batch_size(x: torch.Tensor | None, y: torch.Tensor | None, num_samples: int | None) -> int:

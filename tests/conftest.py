@@ -35,3 +35,14 @@ def bundled():
     from pyro_vae import load_bundled_mnist
 
     return load_bundled_mnist()
+
+
+@pytest.fixture
+def small_cli_args(bundled, tmp_path) -> list[str]:
+    """``pyro-vae train`` options for a quick CLI run on 400 labelled bundled images saved
+    as a ``.pt`` file; the first four entries are the data options."""
+    x, y = bundled["train"].tensors
+    torch.save({"x": x[:400], "y": y[:400]}, tmp_path / "small.pt")
+    data = ["--dataset", "file", "--data-file", str(tmp_path / "small.pt")]
+    size = ["--epochs", "1", "--hidden-dims", "16", "--latent-dim", "3", "--batch-size", "64"]
+    return [*data, *size, "--no-progress"]

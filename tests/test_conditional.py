@@ -158,27 +158,12 @@ def test_condition_on_labels_wraps_existing_parts():
     assert with_y == without
 
 
-def test_cli_trains_a_cvae_and_samples_a_chosen_label(bundled, tmp_path, capsys):
+def test_cli_trains_a_cvae_and_samples_a_chosen_label(bundled, small_cli_args, tmp_path, capsys):
     from pyro_vae.cli import main
 
-    x, y = bundled["train"].tensors
-    torch.save({"x": x[:400], "y": y[:400]}, tmp_path / "small.pt")
+    x = bundled["train"].tensors[0]
     out = tmp_path / "cvae"
-    common = [
-        "--dataset",
-        "file",
-        "--data-file",
-        str(tmp_path / "small.pt"),
-        "--epochs",
-        "1",
-        "--hidden-dims",
-        "16",
-        "--latent-dim",
-        "3",
-        "--batch-size",
-        "64",
-        "--no-progress",
-    ]
+    common = small_cli_args
     assert main(["train", *common, "--conditional", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["conditional"] is True and config["num_classes"] == 10

@@ -323,26 +323,10 @@ def test_score_function_loss_value_is_the_elbo_and_trains_a_vae(binary):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_objective_flags(bundled, tmp_path, capsys):
+def test_cli_objective_flags(small_cli_args, tmp_path, capsys):
     from pyro_vae.cli import main
 
-    x, y = bundled["train"].tensors
-    torch.save({"x": x[:400], "y": y[:400]}, tmp_path / "small.pt")
-    common = [
-        "--dataset",
-        "file",
-        "--data-file",
-        str(tmp_path / "small.pt"),
-        "--epochs",
-        "1",
-        "--hidden-dims",
-        "16",
-        "--latent-dim",
-        "3",
-        "--batch-size",
-        "64",
-        "--no-progress",
-    ]
+    common = small_cli_args
     assert (
         main(
             [

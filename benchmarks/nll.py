@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", default=str(ROOT.parent / "shared" / "data" / "binarized-mnist")
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument("--save", default=None, help="also save the kept state_dict here")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     train_seconds = time.perf_counter() - start
     vae.load_state_dict(best["state"])
+    if args.save:
+        torch.save(best["state"], args.save)
     t0 = time.perf_counter()
     ll = log_likelihood(vae.model, vae.guide, test, num_samples=args.num_samples)
     eval_seconds = time.perf_counter() - t0

@@ -8,6 +8,9 @@ r"""Distributions that Pyro and torch do not ship, and the KL divergences betwee
 - :class:`HypersphericalUniform`: the uniform distribution on :math:`S^{d-1}`.
 - :class:`DiscretizedLogistic` (Salimans et al., 2017) [2]: a logistic density integrated
   over the 256 bins of 8-bit pixel values, a proper discrete likelihood.
+- :class:`DiagonalNormalMixture`: :class:`~pyro.distributions.MixtureSameFamily` of
+  diagonal Gaussians whose ``log_prob`` is one matrix product instead of a
+  ``(..., K, d)`` broadcast, for mixtures with many components (the VampPrior).
 
 Importing this module registers with :func:`torch.distributions.kl.register_kl`:
 
@@ -30,12 +33,13 @@ import math
 from typing import ClassVar
 
 import torch
-from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions import MixtureSameFamily, TorchDistribution, constraints
 from torch.distributions import Gamma, Independent, MultivariateNormal, Normal, kl_divergence
 from torch.distributions.kl import register_kl
 from torch.nn import functional as F
 
 __all__ = [
+    "DiagonalNormalMixture",
     "DiscretizedLogistic",
     "HypersphericalUniform",
     "PowerSpherical",
@@ -344,3 +348,89 @@ class DiscretizedLogistic(TorchDistribution):
             edge = (k - 0.5) / (self.num_bins - 1)
             total = total + torch.sigmoid((self.loc - edge) / self.scale)
         return total / (self.num_bins - 1)
+
+
+class DiagonalNormalMixture(MixtureSameFamily):
+    r"""A mixture of :math:`K` diagonal Gaussians,
+    :math:`p(z) = \sum_k \pi_k \mathcal{N}(z;\ \mu_k, \mathrm{diag}\,\sigma_k^2)`, with a
+    ``log_prob`` computed as one matrix product.
+
+    :class:`~pyro.distributions.MixtureSameFamily` scores ``M`` points by broadcasting
+    them against the components, an ``(M, K, d)`` tensor that is memory-bound for large
+    :math:`K` (the VampPrior's 500 components at :math:`K_{IS} = 5000` importance samples
+    per test image). Expanding the square,
+
+    .. math::
+
+        \sum_j \frac{(z_j - \mu_{kj})^2}{\sigma_{kj}^2}
+        = [z^2, z] \cdot [\sigma_k^{-2}, -2 \mu_k \sigma_k^{-2}]
+        + \sum_j \mu_{kj}^2 \sigma_{kj}^{-2},
+
+    the component log densities of all points are one ``(M, 2d) @ (2d, K)`` product.
+    Sampling, ``mean``, ``variance`` and the rest are those of
+    :class:`~pyro.distributions.MixtureSameFamily`. The fast path applies when the
+    component parameters are shared by the whole batch (shape ``(K, d)``, possibly
+    expanded, as for a prior); otherwise ``log_prob`` falls back to the broadcast.
+
+    :param mixture_distribution: a :class:`~pyro.distributions.Categorical` over the
+        :math:`K` components.
+    :param component_distribution: ``Normal(loc, scale).to_event(1)`` with batch shape
+        ``(K,)`` (or ``(*batch, K)``) and event shape ``(d,)``.
+    """
+
+    def __init__(
+        self,
+        mixture_distribution: torch.distributions.Categorical,
+        component_distribution: torch.distributions.Distribution,
+        validate_args: bool | None = None,
+    ) -> None:
+        comp = component_distribution
+        if not (
+            isinstance(comp, Independent)
+            and isinstance(comp.base_dist, Normal)
+            and comp.reinterpreted_batch_ndims == 1
+        ):
+            raise ValueError(
+                "DiagonalNormalMixture needs Normal(loc, scale).to_event(1) components; "
+                "use MixtureSameFamily for other component families."
+            )
+        super().__init__(mixture_distribution, component_distribution, validate_args)
+
+    def expand(self, batch_shape, _instance=None):  # noqa: ANN001, ANN201 - torch's signature
+        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    @staticmethod
+    def _shared(t: torch.Tensor, keep: int) -> torch.Tensor | None:
+        """The ``keep``-dimensional tensor behind an expanded one, or None."""
+        while t.dim() > keep:
+            if t.stride(0) != 0 and t.shape[0] != 1:
+                return None
+            t = t[0]
+        return t
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        base = self.component_distribution.base_dist
+        loc, scale = self._shared(base.loc, 2), self._shared(base.scale, 2)
+        logits = self._shared(self.mixture_distribution.logits, 1)
+        if loc is None or scale is None or logits is None:
+            return super().log_prob(value)
+        d = loc.shape[-1]
+        # Centre on the mean component: smaller terms, less cancellation in float32.
+        centre = loc.mean(0).detach()
+        loc, value = loc - centre, value - centre
+        prec = scale.pow(-2)
+        weights = torch.cat([prec, -2.0 * loc * prec], dim=-1)  # (K, 2d)
+        const = (
+            (loc.pow(2) * prec).sum(-1)
+            + 2.0 * scale.log().sum(-1)
+            + d * math.log(2.0 * math.pi)
+        )  # (K,)
+        flat = value.reshape(-1, d)
+        quad = torch.cat([flat.pow(2), flat], dim=-1) @ weights.T  # (M, K)
+        comp_lp = -0.5 * (quad + const)
+        lp = torch.logsumexp(comp_lp + torch.log_softmax(logits, -1), dim=-1)
+        lp = lp.reshape(value.shape[:-1])
+        return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))

@@ -43,7 +43,7 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import nn
 
-from .distributions import HypersphericalUniform
+from .distributions import DiagonalNormalMixture, HypersphericalUniform
 
 __all__ = [
     "FlowPrior",
@@ -128,8 +128,9 @@ class MixtureOfGaussiansPrior(PyroModule):
 
         p_\theta(z) = \sum_{k=1}^K \pi_k\, \mathcal{N}(z;\ m_k, \mathrm{diag}\, s_k^2),
 
-    built as :class:`~pyro.distributions.MixtureSameFamily` (a
-    :class:`~pyro.distributions.Categorical` over independent Normal components). No KL
+    built as a :class:`~pyro_vae.distributions.DiagonalNormalMixture` (a
+    :class:`~pyro.distributions.MixtureSameFamily` of independent Normal components whose
+    ``log_prob`` is one matrix product). No KL
     against it is analytic: :class:`~pyro.infer.TraceMeanField_ELBO` uses the Monte Carlo
     estimate :math:`\log q(z \mid x) - \log p(z)`.
 
@@ -167,13 +168,21 @@ class MixtureOfGaussiansPrior(PyroModule):
     def make_dist(
         self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor
     ) -> dist.Distribution:
-        return dist.MixtureSameFamily(
+        return DiagonalNormalMixture(
             dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1)
         )
 
     def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
         """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
         return self.make_dist(*self(y))
+
+
+def _is_diagonal_normal(d: dist.Distribution) -> bool:
+    return (
+        isinstance(d, torch.distributions.Independent)
+        and isinstance(d.base_dist, torch.distributions.Normal)
+        and d.reinterpreted_batch_ndims == 1
+    )
 
 
 class VampPrior(PyroModule):
@@ -195,7 +204,9 @@ class VampPrior(PyroModule):
     The pseudo-inputs are free parameters of shape ``(K, *x_shape)`` (no squashing).
     The guide's ``dist`` must return a distribution with batch shape ``(K,)`` that
     :class:`~pyro.distributions.MixtureSameFamily` accepts as components (Gaussian and
-    Power Spherical guides do). No KL against it is analytic.
+    Power Spherical guides do); diagonal Gaussian posteriors make a
+    :class:`~pyro_vae.distributions.DiagonalNormalMixture`, whose density costs one matrix
+    product rather than a ``(points, K, d)`` broadcast. No KL against it is analytic.
 
     :param guide: the guide part :math:`q_\phi(z \mid x)` (with ``latent_dim`` and
         ``dist(x)``), the one given to :class:`~pyro_vae.vae.VAE`.
@@ -253,6 +264,8 @@ class VampPrior(PyroModule):
                 "FullCovarianceNormalGuide with the VampPrior."
             )
         mixing = dist.Categorical(logits=pseudo_inputs.new_zeros(self.num_pseudo))
+        if _is_diagonal_normal(components):
+            return DiagonalNormalMixture(mixing, components)
         return dist.MixtureSameFamily(mixing, components)
 
     def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:

@@ -396,7 +396,10 @@ class DiagonalNormalMixture(MixtureSameFamily):
             )
         super().__init__(mixture_distribution, component_distribution, validate_args)
 
-    def expand(self, batch_shape, _instance=None):  # noqa: ANN001, ANN201 - torch's signature
+    def expand(
+        self, batch_shape: torch.Size, _instance: DiagonalNormalMixture | None = None
+    ) -> DiagonalNormalMixture:
+        """Expand to ``batch_shape``, keeping the fast ``log_prob``."""
         new = self._get_checked_instance(DiagonalNormalMixture, _instance)
         return super().expand(batch_shape, _instance=new)
 
@@ -424,9 +427,7 @@ class DiagonalNormalMixture(MixtureSameFamily):
         prec = scale.pow(-2)
         weights = torch.cat([prec, -2.0 * loc * prec], dim=-1)  # (K, 2d)
         const = (
-            (loc.pow(2) * prec).sum(-1)
-            + 2.0 * scale.log().sum(-1)
-            + d * math.log(2.0 * math.pi)
+            (loc.pow(2) * prec).sum(-1) + 2.0 * scale.log().sum(-1) + d * math.log(2.0 * math.pi)
         )  # (K,)
         flat = value.reshape(-1, d)
         quad = torch.cat([flat.pow(2), flat], dim=-1) @ weights.T  # (M, K)

@@ -411,6 +411,9 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     )
     opt("--no-progress", action="store_true", default=False, help="hide the progress bar")
     _add_eval_parsers(sub, default)
+    from . import cli_semisupervised  # imports this module: registered late
+
+    cli_semisupervised.add_parser(sub)
     return parser
 
 
@@ -726,6 +729,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if ctx is not None:
                     torch.distributed.destroy_process_group()
+            return 0
+        if args.command == "semisupervised":
+            from . import cli_semisupervised
+
+            cli_semisupervised.run(args)
             return 0
         if args.command == "train":
             config = _train_config(args, explicit)

@@ -52,7 +52,12 @@ from .nn import MLP
 from .priors import StandardNormalPrior
 from .train import History
 
-__all__ = ["SemiSupervisedVAE", "classification_accuracy", "fit_semisupervised"]
+__all__ = [
+    "SemiSupervisedVAE",
+    "classification_accuracy",
+    "fit_semisupervised",
+    "split_labelled",
+]
 
 _names = itertools.count()
 
@@ -169,6 +174,46 @@ class SemiSupervisedVAE(PyroModule):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         r"""The most probable class under :math:`q(y \mid x)`, shape ``(N,)``."""
         return self.classifier(x).argmax(-1)
+
+
+def split_labelled(
+    x: torch.Tensor, y: torch.Tensor, num_labelled: int, num_classes: int, seed: int = 0
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Keep the labels of ``num_labelled`` examples, the same number from each class (as
+    in Kingma et al., 2014), drawn at random with ``seed``; the others become unlabelled.
+
+    :returns: ``((x_labelled, y_labelled), x_unlabelled)``.
+    :raises ValueError: if ``num_labelled`` is not a positive multiple of ``num_classes``,
+        or a class has fewer examples than its share.
+    """
+    check_labels(y, num_classes)
+    if (
+        not isinstance(num_labelled, int)
+        or isinstance(num_labelled, bool)
+        or num_labelled < num_classes
+        or num_labelled % num_classes
+    ):
+        raise ValueError(
+            f"num_labelled must be a positive multiple of num_classes={num_classes} (the same "
+            f"number of labels per class), got {num_labelled!r}; e.g. 100 or 1000."
+        )
+    per_class = num_labelled // num_classes
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in range(num_classes):
+        members = (y == c).nonzero().flatten()
+        if members.numel() < per_class:
+            raise ValueError(
+                f"Class {c} has {members.numel()} examples, fewer than the {per_class} "
+                f"labels per class that num_labelled={num_labelled} asks for; use fewer labels."
+            )
+        keep.append(members[torch.randperm(members.numel(), generator=gen)[:per_class]])
+    labelled = torch.cat(keep).sort().values
+    mask = torch.ones(y.shape[0], dtype=torch.bool)
+    mask[labelled] = False
+    if not mask.any():
+        raise ValueError("Every example would be labelled; use fewer labels than examples.")
+    return (x[labelled], y[labelled]), x[mask]
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -9,10 +11,13 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae import binarize
+from pyro_vae.cli import main
+from pyro_vae.cli_semisupervised import load_m2
 from pyro_vae.semisupervised import (
     SemiSupervisedVAE,
     classification_accuracy,
     fit_semisupervised,
+    split_labelled,
 )
 
 
@@ -77,3 +82,59 @@ def test_m2_refuses_bad_labels():
         fit_semisupervised(m2, (x, torch.tensor([0, 1, 2, 1])), x[:0], epochs=1)
     generated = m2.model(None, torch.tensor([0, 2]))
     assert generated.shape == (2, 6)
+
+
+def test_split_labelled_is_balanced_disjoint_and_seeded():
+    pyro.set_rng_seed(0)
+    y = torch.randint(0, 4, (200,))
+    x = torch.arange(200).float().unsqueeze(1)  # x records the index of each example
+    (xl, yl), xu = split_labelled(x, y, 20, 4, seed=3)
+    assert torch.bincount(yl, minlength=4).tolist() == [5, 5, 5, 5]
+    idx_l, idx_u = xl.flatten().long(), xu.flatten().long()
+    assert torch.equal(y[idx_l], yl)
+    assert set(idx_l.tolist()).isdisjoint(idx_u.tolist())
+    assert len(idx_l) + len(idx_u) == 200
+    (xl2, _), _ = split_labelled(x, y, 20, 4, seed=3)
+    (xl3, _), _ = split_labelled(x, y, 20, 4, seed=4)
+    assert torch.equal(xl, xl2) and not torch.equal(xl, xl3)
+    with pytest.raises(ValueError, match="multiple of num_classes=4"):
+        split_labelled(x, y, 22, 4)
+    with pytest.raises(ValueError, match="use fewer labels"):
+        split_labelled(x, y, 400, 4)
+
+
+def test_cli_semisupervised_trains_saves_and_reloads(tmp_path, capsys):
+    out = tmp_path / "m2"
+    argv = ["semisupervised", "--labels", "100", "--epochs", "1", "--hidden-dims", "32"]
+    assert main([*argv, "--latent-dim", "4", "--out", str(out), "--no-progress"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    metrics = json.loads((out / "test.json").read_text())
+    assert metrics["labels"] == 100 and metrics["epochs"] == 1 and metrics["num_test"] == 1000
+    assert metrics["test_accuracy"] > 0.5  # chance is 0.1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]
+    # the saved weights reproduce the reported accuracy on the same binarized test set
+    m2, config = load_m2(out)
+    from pyro_vae import load_bundled_mnist
+
+    x_test, y_test = load_bundled_mnist()["test"].tensors
+    x_test = binarize(x_test, seed=config["seed"] + 2)
+    assert classification_accuracy(m2, x_test, y_test) == metrics["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--labels", "105"], "multiple of num_classes=10"),
+        (["--labels", "0"], "multiple of num_classes=10"),
+        (["--labels", "9000"], "use fewer labels"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--time-budget", "-1"], "--time-budget must be > 0"),
+        (["--dataset", "mnist"], "needs --data-dir"),
+    ],
+)
+def test_cli_semisupervised_bad_input_exits_2(tmp_path, capsys, args, message):
+    out = tmp_path / "m2"
+    assert main(["semisupervised", *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "model.pt").exists()

@@ -37,6 +37,7 @@ from .likelihoods import (
     NormalLikelihood,
     bits_per_dim,
 )
+from .nn import latent_input_scale
 from .objectives import OBJECTIVES, make_objective
 from .priors import (
     FlowPrior,
@@ -171,6 +172,8 @@ def build_vae(config: dict[str, Any]) -> VAE:
     check_parts(config)
     guide_cls = GUIDES[config.get("guide", "diagonal")]
     guide_kwargs = {"num_flows": config.get("flow_layers", 2)} if guide_cls is IAFGuide else {}
+    # z on the unit sphere has coordinates of variance 1/d: the decoder scales it back
+    kwargs["input_scale"] = latent_input_scale(latent_dim, guide_cls is PowerSphericalGuide)
     if config["network"] == "conv":
         likelihood = likelihood_cls.conv(latent_dim, x_shape, **kwargs)
         guide = guide_cls.conv(latent_dim, channels=x_shape[0], **guide_kwargs)

@@ -74,23 +74,35 @@ class Likelihood(PyroModule):
         latent_dim: int,
         x_shape: Sequence[int],
         hidden_dims: Sequence[int] = (400,),
+        input_scale: float = 1.0,
         **kwargs,
     ) -> Likelihood:
-        """Build this likelihood with an :class:`~pyro_vae.nn.MLP` decoder.
+        r"""Build this likelihood with an :class:`~pyro_vae.nn.MLP` decoder.
 
         :param latent_dim: dimension of ``z``.
         :param x_shape: shape of one data item.
         :param hidden_dims: hidden widths of the decoder, from ``z`` outwards.
+        :param input_scale: the decoder multiplies ``z`` by this;
+            :func:`~pyro_vae.nn.latent_input_scale` gives :math:`\sqrt{d}` for a latent
+            on the sphere (a hyperspherical VAE).
         :param kwargs: passed to the likelihood's constructor (e.g. ``scale``).
         """
         check_latent_dim(latent_dim)
-        return cls(MLP(latent_dim, hidden_dims, x_shape), x_shape, **kwargs)
+        decoder = MLP(latent_dim, hidden_dims, x_shape, input_scale=input_scale)
+        return cls(decoder, x_shape, **kwargs)
 
     @classmethod
-    def conv(cls, latent_dim: int, x_shape: Sequence[int] = (1, 28, 28), **kwargs) -> Likelihood:
-        """Build this likelihood with a :class:`~pyro_vae.nn.ConvDecoder` (28×28 images)."""
+    def conv(
+        cls,
+        latent_dim: int,
+        x_shape: Sequence[int] = (1, 28, 28),
+        input_scale: float = 1.0,
+        **kwargs,
+    ) -> Likelihood:
+        """Build this likelihood with a :class:`~pyro_vae.nn.ConvDecoder` (28×28 images);
+        ``input_scale`` as for :meth:`mlp`."""
         check_latent_dim(latent_dim)
-        return cls(ConvDecoder(latent_dim, x_shape), x_shape, **kwargs)
+        return cls(ConvDecoder(latent_dim, x_shape, input_scale=input_scale), x_shape, **kwargs)
 
 
 class BernoulliLikelihood(Likelihood):
@@ -234,21 +246,29 @@ class DiscretizedLogisticLikelihood(Likelihood):
         latent_dim: int,
         x_shape: Sequence[int],
         hidden_dims: Sequence[int] = (400,),
+        input_scale: float = 1.0,
         **kwargs,
     ) -> DiscretizedLogisticLikelihood:
         """Build the likelihood with an :class:`~pyro_vae.nn.MLP` decoder producing
-        ``(2, *x_shape)`` (location and raw scale per pixel)."""
+        ``(2, *x_shape)`` (location and raw scale per pixel); ``input_scale`` as for
+        :meth:`Likelihood.mlp`."""
         check_latent_dim(latent_dim)
-        return cls(MLP(latent_dim, hidden_dims, (2, *x_shape)), x_shape, **kwargs)
+        decoder = MLP(latent_dim, hidden_dims, (2, *x_shape), input_scale=input_scale)
+        return cls(decoder, x_shape, **kwargs)
 
     @classmethod
     def conv(
-        cls, latent_dim: int, x_shape: Sequence[int] = (1, 28, 28), **kwargs
+        cls,
+        latent_dim: int,
+        x_shape: Sequence[int] = (1, 28, 28),
+        input_scale: float = 1.0,
+        **kwargs,
     ) -> DiscretizedLogisticLikelihood:
         """Build the likelihood with a :class:`~pyro_vae.nn.ConvDecoder` producing
-        ``(2, *x_shape)`` (28×28 images)."""
+        ``(2, *x_shape)`` (28×28 images); ``input_scale`` as for :meth:`Likelihood.mlp`."""
         check_latent_dim(latent_dim)
-        return cls(ConvDecoder(latent_dim, (2, *x_shape)), x_shape, **kwargs)
+        decoder = ConvDecoder(latent_dim, (2, *x_shape), input_scale=input_scale)
+        return cls(decoder, x_shape, **kwargs)
 
 
 def bits_per_dim(log_prob: torch.Tensor | float, x_shape: Sequence[int]) -> torch.Tensor | float:

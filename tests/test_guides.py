@@ -197,3 +197,35 @@ def test_power_spherical_guide_outputs_unit_directions():
     assert q.event_shape == (5,) and q.batch_shape == (3,)
     with pytest.raises(ValueError, match=">= 2"):
         IAFGuide.mlp(X_SHAPE, 1)
+
+
+def test_sphere_latent_reaches_the_decoder_with_unit_variance_coordinates():
+    from pyro_vae.cli import build_vae
+    from pyro_vae.nn import MLP, latent_input_scale
+
+    d = 16
+    assert latent_input_scale(d, on_sphere=True) == pytest.approx(4.0)
+    assert latent_input_scale(d, on_sphere=False) == 1.0
+    z = PowerSpherical(torch.nn.functional.normalize(torch.randn(d), dim=0), torch.tensor(0.0))
+    draws = z.rsample((20000,)) * latent_input_scale(d, True)  # kappa 0: uniform on S^15
+    assert draws.pow(2).mean().item() == pytest.approx(1.0, rel=1e-5)  # |z|^2 = d exactly
+    assert draws.var(0).mean().item() == pytest.approx(1.0, abs=0.03)
+    config = {
+        "x_shape": [1, 28, 28],
+        "latent_dim": d,
+        "hidden_dims": [8],
+        "likelihood": "bernoulli",
+        "network": "mlp",
+        "prior": "sphere",
+        "guide": "powerspherical",
+    }
+    decoder = build_vae(config).likelihood.decoder
+    plain = MLP(d, (8,), (1, 28, 28))
+    plain.load_state_dict(decoder.state_dict())  # same parameters: the scale is a constant
+    u = torch.nn.functional.normalize(torch.randn(5, d), dim=-1)
+    torch.testing.assert_close(decoder(u), plain(4.0 * u))
+    assert build_vae({**config, "prior": "normal", "guide": "diagonal"}).likelihood.decoder(
+        u
+    ).shape == (5, 1, 28, 28)
+    with pytest.raises(ValueError, match="input_scale"):
+        MLP(d, (8,), 3, input_scale=0.0)

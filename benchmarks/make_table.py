@@ -93,6 +93,31 @@ def parts_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: Published M2 test accuracies on MNIST (labels -> accuracy).
+M2_ANCHORS = [
+    ("M2, Kingma et al. (2014)", 100, 0.880),
+    ("SS-VAE tutorial, Pyro (anchor of issue 3)", 100, 0.93),
+    ("SS-VAE tutorial, Pyro (anchor of issue 3)", 1000, 0.95),
+]
+
+
+def m2_table(results: list[dict]) -> str:
+    lines = [
+        "| model | labels | test accuracy | training | source |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r["labels"]):
+        lines.append(
+            f"| pyro-vae `semisupervised` | {r['labels']} | {r['test_accuracy']:.4f} | "
+            f"{r['epochs']} epochs, {r['wall_seconds'] / 60:.0f} min, {r['threads']} "
+            f"thread(s) | this repo, {r['date']}, {r['machine']} ({r['num_test']} test "
+            "images) |"
+        )
+    for name, labels, acc in M2_ANCHORS:
+        lines.append(f"| {name} | {labels} | {acc:.3f} | | published |")
+    return "\n".join(lines)
+
+
 def scale_table(result: dict) -> str:
     lines = [
         f"Date {result['date']}, {result['threads']} threads; slope "
@@ -127,6 +152,9 @@ def render(results_dir: Path) -> dict[str, str]:
         "",
         nll_table([r for _, r in loaded if r.get("kind") == "nll"]),
     ]
+    m2 = [r for _, r in loaded if r.get("kind") == "m2"]
+    if m2:
+        out += ["", "### Semi-supervised M2, MNIST (`benchmarks/m2.py`)", "", m2_table(m2)]
     scale = newest("scale")
     if scale is not None:
         out += ["", f"### Epoch time and memory against N ({scale[0].name})", ""]

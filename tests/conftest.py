@@ -7,8 +7,14 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from hypothesis import settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Property tests draw the same examples on every run (no example database either): a
+# failure is reproducible, never a one-off of CI. Raise max_examples locally to search more.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(autouse=True)

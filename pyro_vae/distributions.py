@@ -8,6 +8,9 @@ r"""Distributions that Pyro and torch do not ship, and the KL divergences betwee
 - :class:`HypersphericalUniform`: the uniform distribution on :math:`S^{d-1}`.
 - :class:`DiscretizedLogistic` (Salimans et al., 2017) [2]: a logistic density integrated
   over the 256 bins of 8-bit pixel values, a proper discrete likelihood.
+- :class:`IndependentBernoulli`: ``Bernoulli(logits).to_event(n)`` whose ``log_prob`` is
+  :math:`x^\top \ell - \sum_i \mathrm{softplus}(\ell_i)`, two passes over the logits
+  instead of the five of an elementwise binary cross-entropy.
 - :class:`DiagonalNormalMixture`: :class:`~pyro.distributions.MixtureSameFamily` of
   diagonal Gaussians whose ``log_prob`` is one matrix product instead of a
   ``(..., K, d)`` broadcast, for mixtures with many components (the VampPrior).
@@ -33,7 +36,13 @@ import math
 from typing import ClassVar
 
 import torch
-from pyro.distributions import MixtureSameFamily, TorchDistribution, constraints
+from pyro.distributions import (
+    Bernoulli,
+    MixtureSameFamily,
+    TorchDistribution,
+    constraints,
+)
+from pyro.distributions import Independent as PyroIndependent
 from torch.distributions import Gamma, Independent, MultivariateNormal, Normal, kl_divergence
 from torch.distributions.kl import register_kl
 from torch.nn import functional as F
@@ -42,6 +51,7 @@ __all__ = [
     "DiagonalNormalMixture",
     "DiscretizedLogistic",
     "HypersphericalUniform",
+    "IndependentBernoulli",
     "PowerSpherical",
     "log_sphere_area",
 ]
@@ -435,3 +445,39 @@ class DiagonalNormalMixture(MixtureSameFamily):
         lp = torch.logsumexp(comp_lp + torch.log_softmax(logits, -1), dim=-1)
         lp = lp.reshape(value.shape[:-1])
         return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
+
+
+class IndependentBernoulli(PyroIndependent):
+    r"""Independent Bernoulli pixels, ``Bernoulli(logits=l).to_event(n)``, with the
+    log-density summed over the event in two passes over the logits:
+
+    .. math::
+
+        \log p(x \mid \ell) = \sum_i \big[x_i \ell_i - \log(1 + e^{\ell_i})\big]
+        = x^\top \ell - \sum_i \mathrm{softplus}(\ell_i),
+
+    where the dot product is one :func:`torch.einsum` (a batched matrix product when
+    ``x`` is broadcast against many particles, as in importance sampling) and the softplus
+    one elementwise pass. :class:`~pyro.distributions.Bernoulli` computes the same number
+    as an elementwise binary cross-entropy (broadcast ``x``, multiply, log-sigmoid,
+    negate, subtract, then sum), about twice the time on the CPU. Everything else
+    (sampling, ``mean``, ``support``, ``expand``) is that of
+    :class:`~pyro.distributions.Independent`.
+
+    :param base_distribution: a :class:`~pyro.distributions.Bernoulli` (built from logits
+        or probabilities).
+    :param reinterpreted_batch_ndims: the number :math:`n` of event dimensions.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        base = self.base_dist
+        if not isinstance(base, Bernoulli):
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        n = self.reinterpreted_batch_ndims
+        logits = base.logits
+        size = math.prod(logits.shape[logits.dim() - n :])
+        flat_l = logits.reshape(*logits.shape[: logits.dim() - n], size)
+        flat_x = value.reshape(*value.shape[: value.dim() - n], size).to(flat_l.dtype)
+        return torch.einsum("...d,...d->...", flat_l, flat_x) - F.softplus(flat_l).sum(-1)

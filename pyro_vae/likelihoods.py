@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .conditional import call_net
-from .distributions import DiscretizedLogistic
+from .distributions import DiscretizedLogistic, IndependentBernoulli
 from .nn import MLP, ConvDecoder
 from .priors import check_latent_dim
 
@@ -114,7 +114,7 @@ class BernoulliLikelihood(Likelihood):
     """
 
     def make_dist(self, logits: torch.Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=logits).to_event(len(self.x_shape))
+        return IndependentBernoulli(dist.Bernoulli(logits=logits), len(self.x_shape))
 
     def check_data(self, x: torch.Tensor) -> None:
         super().check_data(x)

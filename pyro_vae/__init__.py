@@ -27,7 +27,7 @@ from .likelihoods import (
     NormalLikelihood,
 )
 from .loglik import log_likelihood
-from .nn import MLP, ConvDecoder, ConvEncoder
+from .nn import MLP, ConvDecoder, ConvEncoder, latent_input_scale
 from .objectives import (
     IWAE,
     OBJECTIVES,
@@ -45,7 +45,7 @@ from .priors import (
     UniformSpherePrior,
     VampPrior,
 )
-from .semisupervised import SemiSupervisedVAE, fit_semisupervised
+from .semisupervised import SemiSupervisedVAE, fit_semisupervised, split_labelled
 from .train import History, TrainingDivergedError, fit
 from .vae import VAE
 
@@ -91,6 +91,7 @@ __all__ = [
     "fit",
     "fit_semisupervised",
     "latent_diagnostics",
+    "latent_input_scale",
     "load_binarized_mnist",
     "load_bundled_mnist",
     "load_checkpoint",
@@ -102,4 +103,5 @@ __all__ = [
     "prior_predictive",
     "read_idx",
     "save_checkpoint",
+    "split_labelled",
 ]

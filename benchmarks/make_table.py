@@ -118,6 +118,21 @@ def m2_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def eval_speed_table(results: list[dict]) -> str:
+    lines = [
+        "| code | examples × K per s | full test set (10,000 × 5000) | ratio to matmul-bound "
+        "| peak RSS | date, machine, threads |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r["examples_k_per_s"]):
+        lines.append(
+            f"| {r['label']} | {r['examples_k_per_s']:,.0f} | "
+            f"{r['full_test_set_minutes']:.1f} min | {r['ratio_to_matmul_bound']:.2f} | "
+            f"{r['peak_rss_mb'] / 1024:.2f} GB | {r['date']}, {r['machine']}, {r['threads']} |"
+        )
+    return "\n".join(lines)
+
+
 def scale_table(result: dict) -> str:
     lines = [
         f"Date {result['date']}, {result['threads']} threads; slope "
@@ -152,6 +167,15 @@ def render(results_dir: Path) -> dict[str, str]:
         "",
         nll_table([r for _, r in loaded if r.get("kind") == "nll"]),
     ]
+    speed = [r for _, r in loaded if r.get("kind") == "eval-speed"]
+    if speed:
+        out += ["", "### IS evaluation speed (`benchmarks/eval_speed.py`)", ""]
+        out.append(
+            "784-400-50 VAE, the first 2,000 test images of binarized MNIST, K = 5000; the "
+            "matmul-bound time is that of the matrix products the estimator cannot avoid "
+            "(the decoder's for every sample, the encoder's once per example), alone."
+        )
+        out += ["", eval_speed_table(speed)]
     m2 = [r for _, r in loaded if r.get("kind") == "m2"]
     if m2:
         out += ["", "### Semi-supervised M2, MNIST (`benchmarks/m2.py`)", "", m2_table(m2)]

@@ -736,7 +736,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "semisupervised":
             from . import cli_semisupervised
 
-            cli_semisupervised.run(args)
+            try:
+                cli_semisupervised.run(args)
+            except KeyboardInterrupt:
+                print(
+                    "pyro-vae: interrupted; the weights of the last finished epoch are in "
+                    "the run directory's model.pt (M2 runs cannot be resumed).",
+                    file=sys.stderr,
+                )
+                return 130
             return 0
         if args.command == "train":
             config = _train_config(args, explicit)

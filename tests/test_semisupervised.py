@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pyro
 import pyro.distributions as dist
@@ -138,3 +143,22 @@ def test_cli_semisupervised_bad_input_exits_2(tmp_path, capsys, args, message):
     assert main(["semisupervised", *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not (out / "model.pt").exists()
+
+
+def test_cli_semisupervised_ctrl_c_keeps_the_last_epoch(tmp_path):
+    out = tmp_path / "m2"
+    cmd = [sys.executable, "-m", "pyro_vae", "semisupervised", "--epochs", "200"]
+    cmd += ["--hidden-dims", "16", "--latent-dim", "4", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "model.pt" in text
+    m2, _ = load_m2(out)  # the weights of a finished epoch load
+    assert isinstance(m2, SemiSupervisedVAE)

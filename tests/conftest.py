@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
@@ -52,3 +58,23 @@ def small_cli_args(bundled, tmp_path) -> list[str]:
     data = ["--dataset", "file", "--data-file", str(tmp_path / "small.pt")]
     size = ["--epochs", "1", "--hidden-dims", "16", "--latent-dim", "3", "--batch-size", "64"]
     return [*data, *size, "--no-progress"]
+
+
+@pytest.fixture
+def interrupt_after_first_epoch() -> Callable[[list[str], Path], tuple[int, str]]:
+    """Run ``python -m pyro_vae ARGS`` in a child, send Ctrl-C (SIGINT) once the file
+    ``metrics`` has its first line, and return ``(returncode, output)``."""
+
+    def run(args: list[str], metrics: Path) -> tuple[int, str]:
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "pyro_vae", *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0].decode()
+        return proc.returncode, output
+
+    return run

@@ -155,19 +155,13 @@ def test_module_entry_point_help():
         assert option in out
 
 
-def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path):
+def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path, interrupt_after_first_epoch):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pyro_vae", "train", "--epochs", "50", *TINY, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
     metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
-    text = stdout.decode()
-    assert proc.returncode == 130, text
+    code, text = interrupt_after_first_epoch(
+        ["train", "--epochs", "50", *TINY, "--out", str(out)], metrics
+    )
+    assert code == 130, text
     assert "Traceback" not in text
     assert f"pyro-vae train --resume {out}" in text
     state = load_checkpoint(out / "checkpoint.pt")

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pyro
 import pyro.distributions as dist
@@ -145,20 +140,13 @@ def test_cli_semisupervised_bad_input_exits_2(tmp_path, capsys, args, message):
     assert not (out / "model.pt").exists()
 
 
-def test_cli_semisupervised_ctrl_c_keeps_the_last_epoch(tmp_path):
+def test_cli_semisupervised_ctrl_c_keeps_the_last_epoch(tmp_path, interrupt_after_first_epoch):
     out = tmp_path / "m2"
-    cmd = [sys.executable, "-m", "pyro_vae", "semisupervised", "--epochs", "200"]
-    cmd += ["--hidden-dims", "16", "--latent-dim", "4", "--no-progress", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    text = proc.communicate(timeout=60)[0].decode()
-    assert proc.returncode == 130, text
+    args = ["semisupervised", "--epochs", "200", "--hidden-dims", "16", "--latent-dim", "4"]
+    code, text = interrupt_after_first_epoch(
+        [*args, "--no-progress", "--out", str(out)], out / "metrics.jsonl"
+    )
+    assert code == 130, text
     assert "Traceback" not in text and "model.pt" in text
     m2, _ = load_m2(out)  # the weights of a finished epoch load
     assert isinstance(m2, SemiSupervisedVAE)

@@ -69,6 +69,11 @@ class Likelihood(PyroModule):
             )
 
     @classmethod
+    def decoder_shape(cls, x_shape: Sequence[int]) -> tuple[int, ...]:
+        """The decoder's output shape per item: one parameter per pixel, ``x_shape``."""
+        return tuple(x_shape)
+
+    @classmethod
     def mlp(
         cls,
         latent_dim: int,
@@ -77,7 +82,8 @@ class Likelihood(PyroModule):
         input_scale: float = 1.0,
         **kwargs,
     ) -> Likelihood:
-        r"""Build this likelihood with an :class:`~pyro_vae.nn.MLP` decoder.
+        r"""Build this likelihood with an :class:`~pyro_vae.nn.MLP` decoder whose output
+        shape is :meth:`decoder_shape`.
 
         :param latent_dim: dimension of ``z``.
         :param x_shape: shape of one data item.
@@ -88,8 +94,8 @@ class Likelihood(PyroModule):
         :param kwargs: passed to the likelihood's constructor (e.g. ``scale``).
         """
         check_latent_dim(latent_dim)
-        decoder = MLP(latent_dim, hidden_dims, x_shape, input_scale=input_scale)
-        return cls(decoder, x_shape, **kwargs)
+        out = cls.decoder_shape(x_shape)
+        return cls(MLP(latent_dim, hidden_dims, out, input_scale=input_scale), x_shape, **kwargs)
 
     @classmethod
     def conv(
@@ -99,10 +105,11 @@ class Likelihood(PyroModule):
         input_scale: float = 1.0,
         **kwargs,
     ) -> Likelihood:
-        """Build this likelihood with a :class:`~pyro_vae.nn.ConvDecoder` (28×28 images);
-        ``input_scale`` as for :meth:`mlp`."""
+        """Build this likelihood with a :class:`~pyro_vae.nn.ConvDecoder` (28×28 images)
+        whose output shape is :meth:`decoder_shape`; ``input_scale`` as for :meth:`mlp`."""
         check_latent_dim(latent_dim)
-        return cls(ConvDecoder(latent_dim, x_shape, input_scale=input_scale), x_shape, **kwargs)
+        out = cls.decoder_shape(x_shape)
+        return cls(ConvDecoder(latent_dim, out, input_scale=input_scale), x_shape, **kwargs)
 
 
 class BernoulliLikelihood(Likelihood):
@@ -241,34 +248,9 @@ class DiscretizedLogisticLikelihood(Likelihood):
             )
 
     @classmethod
-    def mlp(
-        cls,
-        latent_dim: int,
-        x_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (400,),
-        input_scale: float = 1.0,
-        **kwargs,
-    ) -> DiscretizedLogisticLikelihood:
-        """Build the likelihood with an :class:`~pyro_vae.nn.MLP` decoder producing
-        ``(2, *x_shape)`` (location and raw scale per pixel); ``input_scale`` as for
-        :meth:`Likelihood.mlp`."""
-        check_latent_dim(latent_dim)
-        decoder = MLP(latent_dim, hidden_dims, (2, *x_shape), input_scale=input_scale)
-        return cls(decoder, x_shape, **kwargs)
-
-    @classmethod
-    def conv(
-        cls,
-        latent_dim: int,
-        x_shape: Sequence[int] = (1, 28, 28),
-        input_scale: float = 1.0,
-        **kwargs,
-    ) -> DiscretizedLogisticLikelihood:
-        """Build the likelihood with a :class:`~pyro_vae.nn.ConvDecoder` producing
-        ``(2, *x_shape)`` (28×28 images); ``input_scale`` as for :meth:`Likelihood.mlp`."""
-        check_latent_dim(latent_dim)
-        decoder = ConvDecoder(latent_dim, (2, *x_shape), input_scale=input_scale)
-        return cls(decoder, x_shape, **kwargs)
+    def decoder_shape(cls, x_shape: Sequence[int]) -> tuple[int, ...]:
+        """``(2, *x_shape)``: the location and the raw scale of each pixel."""
+        return (2, *x_shape)
 
 
 def bits_per_dim(log_prob: torch.Tensor | float, x_shape: Sequence[int]) -> torch.Tensor | float:

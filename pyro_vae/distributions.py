@@ -395,17 +395,22 @@ class DiagonalNormalMixture(MixtureSameFamily):
         component_distribution: torch.distributions.Distribution,
         validate_args: bool | None = None,
     ) -> None:
-        comp = component_distribution
-        if not (
-            isinstance(comp, Independent)
-            and isinstance(comp.base_dist, Normal)
-            and comp.reinterpreted_batch_ndims == 1
-        ):
+        if not self.accepts(component_distribution):
             raise ValueError(
                 "DiagonalNormalMixture needs Normal(loc, scale).to_event(1) components; "
                 "use MixtureSameFamily for other component families."
             )
         super().__init__(mixture_distribution, component_distribution, validate_args)
+
+    @staticmethod
+    def accepts(components: torch.distributions.Distribution) -> bool:
+        """Whether ``components`` is ``Normal(loc, scale).to_event(1)``, the family this
+        mixture takes."""
+        return (
+            isinstance(components, Independent)
+            and isinstance(components.base_dist, Normal)
+            and components.reinterpreted_batch_ndims == 1
+        )
 
     def expand(
         self, batch_shape: torch.Size, _instance: DiagonalNormalMixture | None = None

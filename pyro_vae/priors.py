@@ -177,14 +177,6 @@ class MixtureOfGaussiansPrior(PyroModule):
         return self.make_dist(*self(y))
 
 
-def _is_diagonal_normal(d: dist.Distribution) -> bool:
-    return (
-        isinstance(d, torch.distributions.Independent)
-        and isinstance(d.base_dist, torch.distributions.Normal)
-        and d.reinterpreted_batch_ndims == 1
-    )
-
-
 class VampPrior(PyroModule):
     r"""The VampPrior (Tomczak & Welling, 2018) [1]: the aggregate posterior of :math:`K`
     learned pseudo-inputs :math:`u_k`,
@@ -264,7 +256,7 @@ class VampPrior(PyroModule):
                 "FullCovarianceNormalGuide with the VampPrior."
             )
         mixing = dist.Categorical(logits=pseudo_inputs.new_zeros(self.num_pseudo))
-        if _is_diagonal_normal(components):
+        if DiagonalNormalMixture.accepts(components):
             return DiagonalNormalMixture(mixing, components)
         return dist.MixtureSameFamily(mixing, components)
 

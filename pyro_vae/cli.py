@@ -582,14 +582,20 @@ def _add_eval_parsers(sub: Any, default: dict[str, Any]) -> None:
     s.add_argument("--num-samples", type=int, default=64, help="images in the sample grid")
 
 
+def check_counts(values: dict[str, int | None]) -> None:
+    """Raise a :class:`ValueError` naming the option for a count below 1 (``None`` means
+    the option was not given)."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+
+
 def _eval_data(
     args: argparse.Namespace, num_examples: int | None
 ) -> tuple[VAE, dict[str, Any], torch.Tensor, torch.Tensor | None]:
     """The run's VAE and its (binarized as in training) split, on the device."""
-    for name in ("num_samples", "num_examples", "batch_size", "particle_chunk"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    names = ("num_samples", "num_examples", "batch_size", "particle_chunk")
+    check_counts({name: getattr(args, name, None) for name in names})
     vae, config = load_run(args.run_dir)
     train, transform, valid, test = prepare(load_splits(config), config)
     x, *rest = {"train": train, "valid": valid, "test": test}[args.split].tensors

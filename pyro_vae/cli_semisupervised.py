@@ -16,7 +16,7 @@ import torch
 
 from . import data as data_mod
 from .checkpoint import load_checkpoint, load_module_states, save_checkpoint
-from .cli import _num_classes, load_splits
+from .cli import _num_classes, check_counts, load_splits, prepare
 from .semisupervised import (
     SemiSupervisedVAE,
     classification_accuracy,
@@ -69,9 +69,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         config["out"] = str(Path("runs") / f"m2-{time.strftime('%Y%m%d-%H%M%S')}")
     if config["time_budget"] is not None and not config["time_budget"] > 0:
         raise ValueError(f"--time-budget must be > 0 seconds, got {config['time_budget']}.")
-    for name in ("epochs", "batch_size", "latent_dim"):
-        if config[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}.")
+    check_counts({name: config[name] for name in ("epochs", "batch_size", "latent_dim")})
     if any(h < 1 for h in config["hidden_dims"]):
         raise ValueError(f"--hidden-dims must all be >= 1, got {config['hidden_dims']}.")
     return config
@@ -99,18 +97,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``pyro-vae semisupervised``; returns the test metrics."""
     started = time.perf_counter()
     config = _config(args)
-    splits = load_splits(config)
-    x_train, y_train = splits["train"].tensors
-    data_mod.binarize(x_train[:1000])  # names integer, NaN or out-of-range data
-    config["num_classes"] = _num_classes(splits["train"])
+    # dynamic binarization of the training batches, valid and test binarized once, as for
+    # pyro-vae train
+    train_ds, transform, valid, test = prepare(load_splits(config), config)
+    x_train, y_train = train_ds.tensors
+    data_mod.binarize(x_train[:1000])  # names integer, NaN or out-of-range training data
+    config["num_classes"] = _num_classes(train_ds)
     config["x_shape"] = list(x_train.shape[1:])
     labelled, unlabelled = split_labelled(
         x_train, y_train, config["labels"], config["num_classes"], seed=config["seed"]
     )
-    x_valid, y_valid = splits["valid"].tensors
-    x_test, y_test = splits["test"].tensors
-    x_valid = data_mod.binarize(x_valid, seed=config["seed"] + 1)
-    x_test = data_mod.binarize(x_test, seed=config["seed"] + 2)
+    x_valid, y_valid = valid.tensors
+    x_test, y_test = test.tensors
     run_dir = _writable_dir(Path(config["out"]))
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     torch.manual_seed(config["seed"])
@@ -141,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=config["batch_size"],
         lr=config["lr"],
         aux_weight=config["aux_weight"],
-        transform=data_mod.DynamicBinarization(config["seed"]),
+        transform=transform,
         validation_data=(x_valid, y_valid),
         seed=config["seed"],
         max_seconds=config["time_budget"],

@@ -1,6 +1,6 @@
 r"""Importance-sampling evaluation speed: examples x K per second and peak RSS.
 
-Evaluates :func:`pyro_vae.loglik.log_likelihood` of a trained run (``pyro-vae train``
+Evaluates :func:`pyro_vae.check.loglik.log_likelihood` of a trained run (``pyro-vae train``
 on binarized MNIST; the default model is the NLL benchmark's 784-400-50 MLP VAE) on the
 first ``--examples`` test images with ``--num-samples`` importance samples, and reports
 the throughput in examples x K per second, the wall time extrapolated to the full 10,000
@@ -30,8 +30,8 @@ import pyro
 import torch
 
 from pyro_vae import binarize, load_binarized_mnist
-from pyro_vae.cli import load_run
-from pyro_vae.loglik import log_likelihood
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.cli.main import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ r"""Test negative log-likelihood on Larochelle's binarized MNIST, one configurat
 Protocol (as in the IWAE and VampPrior papers): train on the 50,000 training images with
 the 10,000 validation images for early stopping (the parameters of the epoch with the best
 validation ELBO are kept), then estimate :math:`-\log p(x)` on the 10,000 test images by
-importance sampling with :math:`K = 5000` samples (:func:`pyro_vae.loglik.log_likelihood`),
+importance sampling with :math:`K = 5000` samples (:func:`pyro_vae.check.loglik.log_likelihood`),
 with its Monte Carlo standard error. Single stochastic layer, MLP 784-400-50 networks.
 
 Configurations (``--config``):
@@ -38,8 +38,8 @@ import pyro
 import torch
 
 from pyro_vae import fit, load_binarized_mnist
-from pyro_vae.cli import build_vae
-from pyro_vae.loglik import log_likelihood
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.cli.main import build_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ robust part of this profile; CPU seconds per step (``time.process_time``, one th
 default) are also given. The steps are those of ``benchmarks/throughput.py``: (a) the
 pytorch/examples step; (c0) ``fit(capture=False)``'s inner step, ``loss_fn(x)``,
 ``backward``, one fused Adam (fit's default); (c) ``fit``'s default inner step, a
-:class:`~pyro_vae.capture.CapturedStep` replay plus the same Adam.
+:class:`~pyro_vae.train.capture.CapturedStep` replay plus the same Adam.
 
 Usage::
 
@@ -27,7 +27,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import load_binarized_mnist
-from pyro_vae.capture import CapturedStep
+from pyro_vae.train.capture import CapturedStep
 
 try:
     from throughput import ROOT, HandwrittenVAE, make_vae, vae_loss

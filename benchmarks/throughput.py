@@ -48,7 +48,7 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from torch import nn
 from torch.nn import functional as F
 
-import pyro_vae.train as train_module
+import pyro_vae.train.loop as train_module
 from pyro_vae import (
     VAE,
     BernoulliLikelihood,
@@ -57,7 +57,7 @@ from pyro_vae import (
     fit,
     load_binarized_mnist,
 )
-from pyro_vae.capture import CapturedStep
+from pyro_vae.train.capture import CapturedStep
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT, HIDDEN, PIXELS = 50, 400, 784

@@ -5,9 +5,11 @@ parts (prior, likelihood, guide); :func:`fit` trains any model/guide pair that f
 site conventions (observed ``"x"``, latent ``"z"``, labels ``"y"``, plate ``"data"``).
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .conditional import ConditionalNormalPrior, condition_on_labels, conditional_vae
-from .data import (
+from pyro_vae.check.diagnostics import PosteriorCollapseWarning, latent_diagnostics
+from pyro_vae.check.evaluate import elbo_terms, evaluate
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.check.ppc import bayesian_p_values, posterior_predictive, prior_predictive
+from pyro_vae.data import (
     DynamicBinarization,
     binarize,
     load_binarized_mnist,
@@ -16,19 +18,9 @@ from .data import (
     load_tensor_file,
     read_idx,
 )
-from .diagnostics import PosteriorCollapseWarning, latent_diagnostics
-from .evaluate import elbo_terms, evaluate
-from .guides import DiagonalNormalGuide, FullCovarianceNormalGuide, IAFGuide, PowerSphericalGuide
-from .likelihoods import (
-    BernoulliLikelihood,
-    ContinuousBernoulliLikelihood,
-    DiscretizedLogisticLikelihood,
-    Likelihood,
-    NormalLikelihood,
-)
-from .loglik import log_likelihood
-from .nn import MLP, ConvDecoder, ConvEncoder, latent_input_scale
-from .objectives import (
+from pyro_vae.models.semisupervised import SemiSupervisedVAE, fit_semisupervised, split_labelled
+from pyro_vae.models.vae import VAE
+from pyro_vae.objectives import (
     IWAE,
     OBJECTIVES,
     BetaELBO,
@@ -36,8 +28,22 @@ from .objectives import (
     ScoreFunctionELBO,
     make_objective,
 )
-from .ppc import bayesian_p_values, posterior_predictive, prior_predictive
-from .priors import (
+from pyro_vae.parts.conditional import ConditionalNormalPrior, condition_on_labels, conditional_vae
+from pyro_vae.parts.guides import (
+    DiagonalNormalGuide,
+    FullCovarianceNormalGuide,
+    IAFGuide,
+    PowerSphericalGuide,
+)
+from pyro_vae.parts.likelihoods import (
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    DiscretizedLogisticLikelihood,
+    Likelihood,
+    NormalLikelihood,
+)
+from pyro_vae.parts.nn import MLP, ConvDecoder, ConvEncoder, latent_input_scale
+from pyro_vae.parts.priors import (
     FlowPrior,
     LearnedNormalPrior,
     MixtureOfGaussiansPrior,
@@ -45,9 +51,8 @@ from .priors import (
     UniformSpherePrior,
     VampPrior,
 )
-from .semisupervised import SemiSupervisedVAE, fit_semisupervised, split_labelled
-from .train import History, TrainingDivergedError, fit
-from .vae import VAE
+from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.train.loop import History, TrainingDivergedError, fit
 
 __version__ = "0.1.0"
 

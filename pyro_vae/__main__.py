@@ -1,5 +1,5 @@
 """``python -m pyro_vae``: the same as the ``pyro-vae`` command."""
 
-from .cli import main
+from pyro_vae.cli.main import main
 
 raise SystemExit(main())

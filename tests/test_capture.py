@@ -10,7 +10,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 
-import pyro_vae.train as train_module
+import pyro_vae.train.loop as train_module
 from pyro_vae import (
     VAE,
     BernoulliLikelihood,
@@ -19,8 +19,8 @@ from pyro_vae import (
     binarize,
     fit,
 )
-from pyro_vae.capture import CapturedStep
 from pyro_vae.objectives import IWAE, BetaELBO
+from pyro_vae.train.capture import CapturedStep
 
 
 def small_vae(seed: int = 3) -> VAE:

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from pyro_vae import load_checkpoint
-from pyro_vae.checkpoint import FORMAT, VERSION
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
+from pyro_vae.train.checkpoint import FORMAT, VERSION
 
 TINY = ["--hidden-dims", "32", "--latent-dim", "4", "--batch-size", "256", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
@@ -179,7 +179,7 @@ def test_kill_9_during_checkpoint_writes_keeps_the_previous_one(tmp_path):
     script = textwrap.dedent(
         f"""
         import torch
-        from pyro_vae.checkpoint import save_checkpoint
+        from pyro_vae.train.checkpoint import save_checkpoint
         big = torch.randn(10_000_000, generator=torch.Generator().manual_seed(0))
         i = 0
         while True:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = ["--epochs", "1", "--hidden-dims", "16", "--latent-dim", "2", "--batch-size", "32"]

@@ -9,7 +9,7 @@ import arviz as az
 import pytest
 from torchvision.io import decode_png, read_file
 
-from pyro_vae.cli import main
+from pyro_vae.cli.main import main
 
 TINY = ["--hidden-dims", "32", "--latent-dim", "4", "--batch-size", "256", "--no-progress"]
 
@@ -94,7 +94,7 @@ def test_conditional_model_figures_per_label(tmp_path):
     import pyro.distributions as dist
     import torch
 
-    from pyro_vae.viz import depends_on_labels, save_figures
+    from pyro_vae.check.viz import depends_on_labels, save_figures
 
     embed, dec = torch.nn.Embedding(10, 3), torch.nn.Linear(6, 784)
     enc = torch.nn.Linear(784 + 3, 6)

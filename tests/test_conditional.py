@@ -19,13 +19,13 @@ from pyro_vae import (
     elbo_terms,
     fit,
 )
-from pyro_vae.conditional import (
+from pyro_vae.parts.conditional import (
     ConditionalNet,
     ConditionalNormalPrior,
     condition_on_labels,
     conditional_vae,
 )
-from pyro_vae.nn import MLP
+from pyro_vae.parts.nn import MLP
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_condition_on_labels_wraps_existing_parts():
 
 
 def test_cli_trains_a_cvae_and_samples_a_chosen_label(bundled, small_cli_args, tmp_path, capsys):
-    from pyro_vae.cli import main
+    from pyro_vae.cli.main import main
 
     x = bundled["train"].tensors[0]
     out = tmp_path / "cvae"

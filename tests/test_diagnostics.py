@@ -16,7 +16,7 @@ from pyro_vae import (
     StandardNormalPrior,
     elbo_terms,
 )
-from pyro_vae.diagnostics import (
+from pyro_vae.check.diagnostics import (
     PosteriorCollapseWarning,
     active_units,
     kl_per_dim,

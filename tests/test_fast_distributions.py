@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyro import distributions as dist
 
-from pyro_vae.distributions import DiagonalNormalMixture, IndependentBernoulli
+from pyro_vae.parts.distributions import DiagonalNormalMixture, IndependentBernoulli
 
 
 def _params(k: int, d: int, dtype=torch.float32):

@@ -26,7 +26,7 @@ from pyro_vae import (
     fit,
     load_checkpoint,
 )
-from pyro_vae.train import CHECKPOINT_NAME
+from pyro_vae.train.loop import CHECKPOINT_NAME
 
 
 def small_vae(latent_dim: int = 4, hidden: int = 32) -> VAE:

@@ -9,9 +9,9 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.distributions import kl_divergence
 
-from pyro_vae.distributions import HypersphericalUniform, PowerSpherical, log_sphere_area
-from pyro_vae.guides import FullCovarianceNormalGuide, IAFGuide, PowerSphericalGuide
-from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.parts.distributions import HypersphericalUniform, PowerSpherical, log_sphere_area
+from pyro_vae.parts.guides import FullCovarianceNormalGuide, IAFGuide, PowerSphericalGuide
+from pyro_vae.parts.priors import StandardNormalPrior
 
 X_SHAPE = (1, 28, 28)
 
@@ -200,8 +200,8 @@ def test_power_spherical_guide_outputs_unit_directions():
 
 
 def test_sphere_latent_reaches_the_decoder_with_unit_variance_coordinates():
-    from pyro_vae.cli import build_vae
-    from pyro_vae.nn import MLP, latent_input_scale
+    from pyro_vae.cli.main import build_vae
+    from pyro_vae.parts.nn import MLP, latent_input_scale
 
     d = 16
     assert latent_input_scale(d, on_sphere=True) == pytest.approx(4.0)

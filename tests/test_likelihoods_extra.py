@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pyro_vae.distributions import DiscretizedLogistic
-from pyro_vae.likelihoods import DiscretizedLogisticLikelihood, bits_per_dim
+from pyro_vae.parts.distributions import DiscretizedLogistic
+from pyro_vae.parts.likelihoods import DiscretizedLogisticLikelihood, bits_per_dim
 
 GRID = torch.arange(256) / 255
 LOCS = torch.tensor([-3.0, 0.0, 0.2, 0.5, 0.97, 1.0, 4.0])

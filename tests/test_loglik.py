@@ -19,7 +19,7 @@ from pyro_vae import (
     StandardNormalPrior,
     elbo_terms,
 )
-from pyro_vae.loglik import LogLikelihood, _LogMeanExp, log_likelihood
+from pyro_vae.check.loglik import LogLikelihood, _LogMeanExp, log_likelihood
 
 # ---------------------------------------------------------------- probabilistic PCA
 # p(z) = N(0, I), p(x | z) = N(W z + b, σ² I)  =>  p(x) = N(b, W Wᵀ + σ² I) and

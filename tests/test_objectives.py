@@ -21,7 +21,6 @@ from pyro_vae import (
     fit,
     make_objective,
 )
-from pyro_vae.guides import FullCovarianceNormalGuide
 from pyro_vae.objectives import (
     IWAE,
     BetaELBO,
@@ -30,6 +29,7 @@ from pyro_vae.objectives import (
     non_reparameterized,
     scale_latents,
 )
+from pyro_vae.parts.guides import FullCovarianceNormalGuide
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -324,7 +324,7 @@ def test_score_function_loss_value_is_the_elbo_and_trains_a_vae(binary):
 
 
 def test_cli_objective_flags(small_cli_args, tmp_path, capsys):
-    from pyro_vae.cli import main
+    from pyro_vae.cli.main import main
 
     common = small_cli_args
     assert (

@@ -21,9 +21,9 @@ from pyro_vae import (
     elbo_terms,
     fit,
 )
-from pyro_vae.guides import FullCovarianceNormalGuide, IAFGuide, PowerSphericalGuide
-from pyro_vae.likelihoods import DiscretizedLogisticLikelihood
-from pyro_vae.priors import (
+from pyro_vae.parts.guides import FullCovarianceNormalGuide, IAFGuide, PowerSphericalGuide
+from pyro_vae.parts.likelihoods import DiscretizedLogisticLikelihood
+from pyro_vae.parts.priors import (
     FlowPrior,
     LearnedNormalPrior,
     MixtureOfGaussiansPrior,
@@ -129,7 +129,7 @@ def test_contract(prior, guide, likelihood, network, bundled, tmp_path):
 
     clone = make_vae(likelihood, network, prior=prior, guide=guide)
     from pyro_vae import load_checkpoint
-    from pyro_vae.checkpoint import load_module_states
+    from pyro_vae.train.checkpoint import load_module_states
 
     load_module_states([clone], load_checkpoint(tmp_path / "checkpoint.pt")["modules"])
     for (name, a), (_, b) in zip(vae.state_dict().items(), clone.state_dict().items(), strict=True):
@@ -216,7 +216,7 @@ TINY = ["--hidden-dims", "32", "--latent-dim", "4", "--batch-size", "256", "--no
     ],
 )
 def test_cli_refuses_invalid_parts_with_the_fix(argv, message, tmp_path, capsys):
-    from pyro_vae.cli import main
+    from pyro_vae.cli.main import main
 
     assert main(["train", "--epochs", "1", *TINY, "--out", str(tmp_path / "r"), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -225,7 +225,7 @@ def test_cli_refuses_invalid_parts_with_the_fix(argv, message, tmp_path, capsys)
 def test_cli_trains_and_resumes_a_vamp_prior_and_reports_bits_per_dim(bundled, tmp_path, capsys):
     import json
 
-    from pyro_vae.cli import load_run, main
+    from pyro_vae.cli.main import load_run, main
 
     x, y = (t[:400] for t in bundled["train"].tensors)
     torch.save({"x": x, "y": y}, tmp_path / "small.pt")

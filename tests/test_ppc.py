@@ -19,7 +19,7 @@ from pyro_vae import (
     binarize,
     fit,
 )
-from pyro_vae.ppc import (
+from pyro_vae.check.ppc import (
     bayesian_p_values,
     image_ink,
     mean_intensity,

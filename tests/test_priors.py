@@ -11,15 +11,16 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.autograd.functional import jacobian
 
-from pyro_vae.evaluate import elbo_terms
-from pyro_vae.guides import (
+from pyro_vae.check.evaluate import elbo_terms
+from pyro_vae.models.vae import VAE
+from pyro_vae.parts.guides import (
     DiagonalNormalGuide,
     FullCovarianceNormalGuide,
     IAFGuide,
     PowerSphericalGuide,
 )
-from pyro_vae.likelihoods import BernoulliLikelihood
-from pyro_vae.priors import (
+from pyro_vae.parts.likelihoods import BernoulliLikelihood
+from pyro_vae.parts.priors import (
     FlowPrior,
     LearnedNormalPrior,
     MixtureOfGaussiansPrior,
@@ -27,7 +28,6 @@ from pyro_vae.priors import (
     UniformSpherePrior,
     VampPrior,
 )
-from pyro_vae.vae import VAE
 
 X_SHAPE = (1, 28, 28)
 
@@ -156,7 +156,7 @@ def _vae(prior_name: str, guide_name: str) -> VAE:
     return VAE(prior, BernoulliLikelihood.mlp(d, X_SHAPE, (16,)), guide)
 
 
-# (prior, guide) -> analytic KL?  The table in pyro_vae.priors' docstring.
+# (prior, guide) -> analytic KL?  The table in pyro_vae.parts.priors' docstring.
 ANALYTIC = {
     ("normal", "diagonal"): True,
     ("learned", "diagonal"): True,

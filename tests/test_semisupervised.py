@@ -11,9 +11,9 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae import binarize
-from pyro_vae.cli import main
-from pyro_vae.cli_semisupervised import load_m2
-from pyro_vae.semisupervised import (
+from pyro_vae.cli.main import main
+from pyro_vae.cli.semisupervised import load_m2
+from pyro_vae.models.semisupervised import (
     SemiSupervisedVAE,
     classification_accuracy,
     fit_semisupervised,

@@ -46,7 +46,7 @@ from pyro_vae import (
     fit,
     load_bundled_mnist,
 )
-from pyro_vae.viz import as_images, prior_means, reconstruction_means
+from pyro_vae.check.viz import as_images, prior_means, reconstruction_means
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (6, 3.5)})
 pyro.enable_validation(True)
@@ -334,8 +334,8 @@ ratios["after training"] = compare_estimators("after training", num_repeats)
 # ## Samples and reconstructions
 #
 # Samples: $z \sim p(z)$, then the mean of $p_\theta(x \mid z)$, i.e. the pixel
-# probabilities $\sigma(f_\theta(z))$ (`pyro_vae.viz.prior_means`). Reconstructions:
-# $z \sim q_\phi(z \mid x)$, then the same mean (`pyro_vae.viz.reconstruction_means`).
+# probabilities $\sigma(f_\theta(z))$ (`pyro_vae.check.viz.prior_means`). Reconstructions:
+# $z \sim q_\phi(z \mid x)$, then the same mean (`pyro_vae.check.viz.reconstruction_means`).
 
 
 # %%
@@ -369,7 +369,7 @@ for key, value in terms.items():
 # - `Trace_ELBO` and `TraceMeanField_ELBO` estimate the same ELBO; with a closed-form
 #   KL the encoder's gradient variance drops by the ratios printed below (most at
 #   initialization), while the decoder's is unchanged.
-# - `pyro_vae.fit` trains any such pair; `pyro_vae.viz` draws samples and
+# - `pyro_vae.fit` trains any such pair; `pyro_vae.check.viz` draws samples and
 #   reconstructions; `pyro_vae.elbo_terms` splits the ELBO into its two terms.
 
 # %%

@@ -17,7 +17,7 @@
 # 4. the importance sampling estimate of $\log p(x)$ converges to the exact value.
 #
 # The ELBO and the importance sampling estimate come from the library's evaluation
-# functions (`pyro_vae.elbo_terms`, `pyro_vae.loglik.log_likelihood`), which work for any
+# functions (`pyro_vae.elbo_terms`, `pyro_vae.check.loglik.log_likelihood`), which work for any
 # Pyro model/guide pair, so this notebook also checks them against closed forms.
 #
 # *Runtime:* the last cell prints this notebook's wall time; the full-mode time on 2 CPU
@@ -42,7 +42,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_vae import elbo_terms, fit
-from pyro_vae.loglik import log_likelihood
+from pyro_vae.check.loglik import log_likelihood
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (6, 3.5)})
 pyro.enable_validation(True)

@@ -29,10 +29,10 @@ import pyro
 import torch
 
 from pyro_vae import VAE, BernoulliLikelihood, binarize, elbo_terms, fit, load_bundled_mnist
-from pyro_vae.diagnostics import posterior_means
-from pyro_vae.guides import DiagonalNormalGuide, PowerSphericalGuide
-from pyro_vae.loglik import log_likelihood
-from pyro_vae.priors import (
+from pyro_vae.check.diagnostics import posterior_means
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.parts.guides import DiagonalNormalGuide, PowerSphericalGuide
+from pyro_vae.parts.priors import (
     FlowPrior,
     LearnedNormalPrior,
     MixtureOfGaussiansPrior,
@@ -62,7 +62,7 @@ print("smoke mode" if SMOKE else "full mode")
 # $q_\phi(z) = \frac1N \sum_n q_\phi(z \mid x_n)$ is the **aggregate posterior**. With a
 # fixed $\mathcal{N}(0, I)$ prior the second term pulls every code towards one Gaussian
 # blob; a learned prior $p_\lambda$ can instead move towards $q_\phi(z)$ and stop
-# charging for it. The priors here, all in `pyro_vae.priors`:
+# charging for it. The priors here, all in `pyro_vae.parts.priors`:
 #
 # | prior | $p_\lambda(z)$ | learned |
 # |---|---|---|
@@ -173,7 +173,7 @@ for name, build in builders.items():
 #     \qquad z_k \sim q_\phi(z \mid x),
 # $$
 #
-# (`pyro_vae.loglik.log_likelihood`, Burda et al., 2015) is the IWAE bound
+# (`pyro_vae.check.loglik.log_likelihood`, Burda et al., 2015) is the IWAE bound
 # $\mathcal{L}_K$, which rises to $\log p(x)$ as $K$ grows; we report
 # $\mathrm{NLL} = -\widehat{\log p}(x)$ averaged over the test images, with two
 # standard errors: the Monte Carlo error of the estimate (from the $K$ samples) and the
@@ -220,8 +220,8 @@ for name, r in results.items():
 # ## Where the codes go
 #
 # Each panel shows the posterior means $\mathbb{E}_{q_\phi}[z \mid x]$ of the test images
-# (`pyro_vae.diagnostics.posterior_means`, the coordinates that `pyro_vae.viz.latent_scatter`
-# plots), coloured by digit, over grey samples from the trained prior $p_\lambda(z)$.
+# (`pyro_vae.check.diagnostics.posterior_means`, the coordinates that
+# `pyro_vae.check.viz.latent_scatter` plots), coloured by digit, over grey samples from the trained prior $p_\lambda(z)$.
 # Where the colours leave gaps that the grey fills, the prior puts mass where no data
 # goes: samples drawn from there decode to blurry non-digits.
 

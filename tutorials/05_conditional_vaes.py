@@ -10,7 +10,7 @@
 # only a few images are labelled, the label becomes a latent variable that is observed
 # sometimes: the **M2** model of Kingma et al. (2014) learns a classifier from the
 # unlabelled images too. This notebook trains both on the bundled MNIST subset with
-# `pyro_vae.conditional` and `pyro_vae.semisupervised`.
+# `pyro_vae.parts.conditional` and `pyro_vae.models.semisupervised`.
 #
 # *Runtime:* the last cell prints this notebook's wall time; the full-mode time on 2 CPU
 # cores is listed in `tutorials/README.md`. `PYRO_VAE_SMOKE=1` runs a quick version on
@@ -42,15 +42,15 @@ from pyro_vae import (
     fit,
     load_bundled_mnist,
 )
-from pyro_vae.conditional import conditional_guide, conditional_likelihood, conditional_vae
-from pyro_vae.diagnostics import posterior_means
-from pyro_vae.loglik import log_likelihood
-from pyro_vae.semisupervised import (
+from pyro_vae.check.diagnostics import posterior_means
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.check.viz import as_images, decode_means, samples_by_label
+from pyro_vae.models.semisupervised import (
     SemiSupervisedVAE,
     classification_accuracy,
     fit_semisupervised,
 )
-from pyro_vae.viz import as_images, decode_means, samples_by_label
+from pyro_vae.parts.conditional import conditional_guide, conditional_likelihood, conditional_vae
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (6, 3.5)})
 pyro.enable_validation(True)
@@ -129,7 +129,7 @@ for name, cvae in cvaes.items():
 #
 # To generate a digit $c$, run the model with no data and labels $y = c$: $z \sim
 # p(z \mid y = c)$, then the mean of $p_\theta(x \mid z, y = c)$.
-# `pyro_vae.viz.samples_by_label` does this for each label in turn; row $c$ of each grid
+# `pyro_vae.check.viz.samples_by_label` does this for each label in turn; row $c$ of each grid
 # holds ten samples of digit $c$.
 
 
@@ -156,7 +156,7 @@ plt.show()
 # If the decoder uses $y$, the code $z$ need not say which digit it is and is free to
 # encode *how* it is written (slant, thickness, size). Test it: encode a test image with
 # its true label, keep its code $\mathbb{E}_q[z \mid x, y]$, and decode it with each of
-# the ten labels (`pyro_vae.viz.decode_means`). Each row is one test image (left column)
+# the ten labels (`pyro_vae.check.viz.decode_means`). Each row is one test image (left column)
 # rewritten as 0, 1, ..., 9. We also measure how much the label moves the decoder's
 # output at a fixed code: the mean absolute change of the pixel probabilities when the
 # true label is replaced by the next one, over the test images.

@@ -9,7 +9,7 @@
 # model is wrong. A **posterior predictive check** does: draw replicated data from the
 # fitted model, compute a statistic on the replicates and on the real data, and see
 # whether the real value is typical. This notebook builds ArviZ `InferenceData` from a
-# trained VAE with `pyro_vae.ppc`, plots checks with `az.plot_ppc` and `az.plot_bpv`,
+# trained VAE with `pyro_vae.check.ppc`, plots checks with `az.plot_ppc` and `az.plot_bpv`,
 # computes Bayesian p-values, and uses them to compare three likelihoods: Bernoulli on
 # binarized MNIST, and Gaussian and continuous Bernoulli on grayscale MNIST.
 #
@@ -42,7 +42,7 @@ from pyro_vae import (
     fit,
     load_bundled_mnist,
 )
-from pyro_vae.ppc import (
+from pyro_vae.check.ppc import (
     bayesian_p_values,
     image_ink,
     mean_intensity,
@@ -157,7 +157,7 @@ for name, likelihood in likelihoods.items():
 #
 # ## InferenceData from a VAE
 #
-# `pyro_vae.ppc.posterior_predictive` runs the guide and the model unconditioned
+# `pyro_vae.check.ppc.posterior_predictive` runs the guide and the model unconditioned
 # (Pyro's `Predictive` would return the observed site unchanged) and packs the draws as
 # ArviZ `InferenceData`: `posterior` ($z$), `posterior_predictive` ($x^{\mathrm{rep}}$),
 # `log_likelihood` ($\log p_\theta(x_n \mid z_s)$) and `observed_data`, with one chain
@@ -176,7 +176,7 @@ print(idata.posterior_predictive["x"].sizes)
 # %% [markdown]
 # ## `az.plot_ppc`: a per-image statistic
 #
-# The amount of ink, $T(x) = \sum_i x_i$, per image (`pyro_vae.ppc.image_ink`).
+# The amount of ink, $T(x) = \sum_i x_i$, per image (`pyro_vae.check.ppc.image_ink`).
 # `statistic_data` computes it for the observed and the replicated images and returns
 # `InferenceData` that ArviZ's plots take directly. `az.plot_ppc` overlays the
 # distribution of the observed values over the test images (black) on that of many
@@ -295,7 +295,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 #
-# - `pyro_vae.ppc.posterior_predictive` gives ArviZ `InferenceData` for any VAE;
+# - `pyro_vae.check.ppc.posterior_predictive` gives ArviZ `InferenceData` for any VAE;
 #   `statistic_data` feeds a statistic to `az.plot_ppc` and `az.plot_bpv`, and
 #   `bayesian_p_values` computes $p_B$ per image or per dataset.
 # - The ELBOs of likelihoods on different data are not comparable; predictive checks

@@ -9,7 +9,7 @@
 # returns the prior whatever the input, $q_\phi(z_d \mid x) \approx p(z_d)$. Those
 # dimensions cost no KL and carry no information. This is **posterior collapse**
 # (Bowman et al., 2016). This notebook shows how to see it with
-# `pyro_vae.diagnostics` (KL per dimension, active units) and measures what three
+# `pyro_vae.check.diagnostics` (KL per dimension, active units) and measures what three
 # common remedies do to it: the KL weight $\beta$, KL annealing and free bits.
 #
 # *Runtime:* the last cell prints this notebook's wall time; the full-mode time on 2 CPU
@@ -38,8 +38,8 @@ from pyro_vae import (
     fit,
     load_bundled_mnist,
 )
-from pyro_vae.diagnostics import PosteriorCollapseWarning, latent_diagnostics
-from pyro_vae.loglik import log_likelihood
+from pyro_vae.check.diagnostics import PosteriorCollapseWarning, latent_diagnostics
+from pyro_vae.check.loglik import log_likelihood
 from pyro_vae.objectives import BetaELBO, FreeBitsELBO
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (6, 3.5)})
@@ -227,7 +227,7 @@ plt.show()
 # ## Summary
 #
 # - Collapse is visible in two numbers per dimension, its KL and its activity, both from
-#   `pyro_vae.diagnostics.latent_diagnostics`, which also warns when few units are used.
+#   `pyro_vae.check.diagnostics.latent_diagnostics`, which also warns when few units are used.
 # - $\beta$ moves the trade-off between KL and reconstruction; annealing and free bits
 #   keep the ELBO as the target and change how dimensions get there. The table above
 #   gives the measured effect of each on the KL, the active units and $\log p(x)$.

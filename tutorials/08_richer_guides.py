@@ -37,8 +37,8 @@ from pyro_vae import (
     fit,
     load_bundled_mnist,
 )
-from pyro_vae.guides import DiagonalNormalGuide, FullCovarianceNormalGuide, IAFGuide
-from pyro_vae.loglik import log_likelihood
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.parts.guides import DiagonalNormalGuide, FullCovarianceNormalGuide, IAFGuide
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (6, 3.5)})
 pyro.enable_validation(True)
@@ -77,7 +77,7 @@ print("smoke mode" if SMOKE else "full mode")
 # $$
 #
 # with $\log p_\theta(x)$ estimated by importance sampling with the guide as proposal
-# (`pyro_vae.loglik.log_likelihood`; the estimate is the IWAE bound $\mathcal{L}_K$, a
+# (`pyro_vae.check.loglik.log_likelihood`; the estimate is the IWAE bound $\mathcal{L}_K$, a
 # lower bound that rises to $\log p(x)$ with $K$, so the measured gap is if anything an
 # underestimate). The KL terms of the full-covariance guide against the standard normal
 # prior are analytic; the IAF's is estimated by Monte Carlo.

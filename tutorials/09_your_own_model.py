@@ -45,11 +45,11 @@ from pyro_vae import (
     fit,
     load_bundled_mnist,
 )
-from pyro_vae.diagnostics import PosteriorCollapseWarning, latent_diagnostics
-from pyro_vae.loglik import log_likelihood
+from pyro_vae.check.diagnostics import PosteriorCollapseWarning, latent_diagnostics
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.check.ppc import bayesian_p_values, image_ink, mean_intensity, posterior_predictive
+from pyro_vae.check.viz import as_images, prior_means, reconstruction_means
 from pyro_vae.objectives import FreeBitsELBO
-from pyro_vae.ppc import bayesian_p_values, image_ink, mean_intensity, posterior_predictive
-from pyro_vae.viz import as_images, prior_means, reconstruction_means
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (6, 3.5)})
 pyro.enable_validation(True)

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from .beta import BetaELBO, scale_latents
-from .free_bits import FreeBitsELBO
-from .iwae import IWAE
-from .score_function import ScoreFunctionELBO, non_reparameterized
+from pyro_vae.objectives.beta import BetaELBO, scale_latents
+from pyro_vae.objectives.free_bits import FreeBitsELBO
+from pyro_vae.objectives.iwae import IWAE
+from pyro_vae.objectives.score_function import ScoreFunctionELBO, non_reparameterized
 
 __all__ = [
     "IWAE",

@@ -29,7 +29,7 @@ the CLI refuses these pairs with the fix. :class:`VampPrior` raises a ``ValueErr
 the IAF guide: a mixture needs components with a plain batch dimension, and the flow's
 transforms hold one context per input. The full-covariance KL against a diagonal Gaussian
 and the Power Spherical KL against the uniform sphere are registered in
-:mod:`pyro_vae.distributions`; ``tests/test_priors.py`` checks this table.
+:mod:`pyro_vae.parts.distributions`; ``tests/test_priors.py`` checks this table.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import nn
 
-from .distributions import DiagonalNormalMixture, HypersphericalUniform
+from pyro_vae.parts.distributions import DiagonalNormalMixture, HypersphericalUniform
 
 __all__ = [
     "FlowPrior",
@@ -95,7 +95,7 @@ class LearnedNormalPrior(PyroModule):
 
     ``loc`` is a free parameter and ``scale`` a positive :class:`~pyro.nn.PyroParam`; both
     are trained jointly with the encoder and decoder. The KL against a
-    :class:`~pyro_vae.guides.DiagonalNormalGuide` is analytic.
+    :class:`~pyro_vae.parts.guides.DiagonalNormalGuide` is analytic.
 
     :param latent_dim: the dimension :math:`d` of :math:`z`.
     :param init_scale: the initial value of every :math:`s_i`.
@@ -128,7 +128,7 @@ class MixtureOfGaussiansPrior(PyroModule):
 
         p_\theta(z) = \sum_{k=1}^K \pi_k\, \mathcal{N}(z;\ m_k, \mathrm{diag}\, s_k^2),
 
-    built as a :class:`~pyro_vae.distributions.DiagonalNormalMixture` (a
+    built as a :class:`~pyro_vae.parts.distributions.DiagonalNormalMixture` (a
     :class:`~pyro.distributions.MixtureSameFamily` of independent Normal components whose
     ``log_prob`` is one matrix product). No KL
     against it is analytic: :class:`~pyro.infer.TraceMeanField_ELBO` uses the Monte Carlo
@@ -197,11 +197,11 @@ class VampPrior(PyroModule):
     The guide's ``dist`` must return a distribution with batch shape ``(K,)`` that
     :class:`~pyro.distributions.MixtureSameFamily` accepts as components (Gaussian and
     Power Spherical guides do); diagonal Gaussian posteriors make a
-    :class:`~pyro_vae.distributions.DiagonalNormalMixture`, whose density costs one matrix
+    :class:`~pyro_vae.parts.distributions.DiagonalNormalMixture`, whose density costs one matrix
     product rather than a ``(points, K, d)`` broadcast. No KL against it is analytic.
 
     :param guide: the guide part :math:`q_\phi(z \mid x)` (with ``latent_dim`` and
-        ``dist(x)``), the one given to :class:`~pyro_vae.vae.VAE`.
+        ``dist(x)``), the one given to :class:`~pyro_vae.models.vae.VAE`.
     :param num_pseudo: the number :math:`K` of pseudo-inputs.
     :param x_shape: shape of one data item.
     :param init: optional initial pseudo-inputs ``(K, *x_shape)``, e.g. random training
@@ -338,9 +338,9 @@ class UniformSpherePrior(PyroModule):
     hyperspherical VAE's prior (Davidson et al., 2018), with density
     :math:`1 / |S^{d-1}|`, :math:`|S^{d-1}| = 2\pi^{d/2} / \Gamma(d/2)`.
 
-    Use it with :class:`~pyro_vae.guides.PowerSphericalGuide`: the KL
+    Use it with :class:`~pyro_vae.parts.guides.PowerSphericalGuide`: the KL
     :math:`\mathrm{KL}(\mathrm{PowerSpherical} \,\|\, \mathrm{Uniform})` is analytic
-    (registered in :mod:`pyro_vae.distributions`). A Gaussian guide has no density on
+    (registered in :mod:`pyro_vae.parts.distributions`). A Gaussian guide has no density on
     the sphere, so it cannot be paired with this prior.
 
     :param latent_dim: the ambient dimension :math:`d \ge 2`.

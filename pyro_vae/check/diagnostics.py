@@ -22,8 +22,8 @@ from pyro import distributions as dist
 from pyro import poutine
 from torch.distributions import kl_divergence
 
-from ._particles import max_plate_nesting, particle_traces, per_example_values
-from ._sites import label_kwargs
+from pyro_vae.inference.particles import max_plate_nesting, particle_traces, per_example_values
+from pyro_vae.inference.sites import label_kwargs
 
 __all__ = [
     "LatentDiagnostics",
@@ -95,7 +95,7 @@ def kl_per_dim(
     :param batch_size: examples per forward pass.
     :returns: ``(N, D)`` in nats.
     :raises ValueError: if ``q`` or ``p`` does not factorize over the dimensions (a flow or
-        a full-covariance Gaussian); use :func:`~pyro_vae.evaluate.elbo_terms` for its
+        a full-covariance Gaussian); use :func:`~pyro_vae.check.evaluate.elbo_terms` for its
         total KL.
     """
     if x.shape[0] == 0:

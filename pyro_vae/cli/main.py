@@ -1,7 +1,8 @@
 """Command line: ``pyro-vae train`` (also ``python -m pyro_vae train``).
 
 This module only turns strings into objects and calls the library; the logic lives in
-:mod:`pyro_vae.train`, :mod:`pyro_vae.data`, :mod:`pyro_vae.evaluate` and :mod:`pyro_vae.viz`.
+:mod:`pyro_vae.train.loop`, :mod:`pyro_vae.data`, :mod:`pyro_vae.check.evaluate` and
+:mod:`pyro_vae.check.viz`.
 """
 
 from __future__ import annotations
@@ -17,29 +18,30 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from . import data as data_mod
-from . import distributed
-from . import ppc as ppc_mod
-from . import viz as viz_mod
-from .checkpoint import load_checkpoint, load_module_states
-from .conditional import ConditionalNormalPrior, condition_on_labels
-from .evaluate import elbo_terms, evaluate
-from .guides import (
+from pyro_vae import data as data_mod
+from pyro_vae import distributed
+from pyro_vae.check import ppc as ppc_mod
+from pyro_vae.check import viz as viz_mod
+from pyro_vae.check.evaluate import elbo_terms, evaluate
+from pyro_vae.check.viz import prior_means, reconstruction_means, save_images, save_reconstructions
+from pyro_vae.models.vae import VAE
+from pyro_vae.objectives import OBJECTIVES, make_objective
+from pyro_vae.parts.conditional import ConditionalNormalPrior, condition_on_labels
+from pyro_vae.parts.guides import (
     DiagonalNormalGuide,
     FullCovarianceNormalGuide,
     IAFGuide,
     PowerSphericalGuide,
 )
-from .likelihoods import (
+from pyro_vae.parts.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     DiscretizedLogisticLikelihood,
     NormalLikelihood,
     bits_per_dim,
 )
-from .nn import latent_input_scale
-from .objectives import OBJECTIVES, make_objective
-from .priors import (
+from pyro_vae.parts.nn import latent_input_scale
+from pyro_vae.parts.priors import (
     FlowPrior,
     LearnedNormalPrior,
     MixtureOfGaussiansPrior,
@@ -47,9 +49,8 @@ from .priors import (
     UniformSpherePrior,
     VampPrior,
 )
-from .train import CHECKPOINT_NAME, CONFIG_NAME, TrainingDivergedError, fit
-from .vae import VAE
-from .viz import prior_means, reconstruction_means, save_images, save_reconstructions
+from pyro_vae.train.checkpoint import load_checkpoint, load_module_states
+from pyro_vae.train.loop import CHECKPOINT_NAME, CONFIG_NAME, TrainingDivergedError, fit
 
 LIKELIHOODS = {
     "bernoulli": BernoulliLikelihood,
@@ -414,7 +415,7 @@ def _parser(suppress: bool = False) -> argparse.ArgumentParser:
     )
     opt("--no-progress", action="store_true", default=False, help="hide the progress bar")
     _add_eval_parsers(sub, default)
-    from . import cli_semisupervised  # imports this module: registered late
+    from pyro_vae.cli import semisupervised as cli_semisupervised  # imports this module
 
     cli_semisupervised.add_parser(sub)
     return parser
@@ -701,7 +702,7 @@ def run_ppc(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_sample(args: argparse.Namespace) -> list[Path]:
-    """``pyro-vae sample``: write the figures of :mod:`pyro_vae.viz`."""
+    """``pyro-vae sample``: write the figures of :mod:`pyro_vae.check.viz`."""
     vae, _, x, y = _eval_data(args, None)
     run_dir = Path(args.run_dir)
     paths = viz_mod.save_figures(
@@ -740,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     torch.distributed.destroy_process_group()
             return 0
         if args.command == "semisupervised":
-            from . import cli_semisupervised
+            from pyro_vae.cli import semisupervised as cli_semisupervised
 
             try:
                 cli_semisupervised.run(args)

@@ -5,7 +5,7 @@ method returning a distribution with ``event_shape == (latent_dim,)`` and batch 
 leading dimensions of ``x``. Every guide here is a :class:`Guide`: its encoder maps
 ``(*batch, *x_shape)`` to ``(*batch, encoder_dim)`` numbers, ``forward`` turns them into
 distribution parameters and ``make_dist`` into the distribution; ``mlp`` and ``conv`` build
-it with the networks of :mod:`pyro_vae.nn`.
+it with the networks of :mod:`pyro_vae.parts.nn`.
 
 - :class:`DiagonalNormalGuide`: :math:`\mathcal{N}(\mu, \mathrm{diag}\,\sigma^2)`,
   :math:`2d` encoder outputs;
@@ -16,7 +16,7 @@ it with the networks of :mod:`pyro_vae.nn`.
 - :class:`PowerSphericalGuide`: a Power Spherical on :math:`S^{d-1}`, :math:`d + 1` outputs.
 
 Analytic KL: diagonal and full-covariance against a (learned) diagonal Gaussian prior, and
-Power Spherical against the uniform sphere prior; see :mod:`pyro_vae.priors` for the table.
+Power Spherical against the uniform sphere prior; see :mod:`pyro_vae.parts.priors` for the table.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import nn
 from torch.nn import functional as F
 
-from .conditional import call_net
-from .distributions import PowerSpherical
-from .nn import MLP, ConvEncoder
-from .priors import _check_count, _order, check_latent_dim
+from pyro_vae.parts.conditional import call_net
+from pyro_vae.parts.distributions import PowerSpherical
+from pyro_vae.parts.nn import MLP, ConvEncoder
+from pyro_vae.parts.priors import _check_count, _order, check_latent_dim
 
 __all__ = [
     "DiagonalNormalGuide",
@@ -88,7 +88,7 @@ class Guide(PyroModule):
         hidden_dims: Sequence[int] = (400,),
         **kwargs: Any,
     ) -> Guide:
-        """Build the guide with an :class:`~pyro_vae.nn.MLP` encoder.
+        """Build the guide with an :class:`~pyro_vae.parts.nn.MLP` encoder.
 
         :param x_shape: shape of one data item.
         :param latent_dim: dimension of ``z``.
@@ -104,7 +104,7 @@ class Guide(PyroModule):
     def conv(
         cls, latent_dim: int, channels: int = 1, feature_dim: int = 256, **kwargs: Any
     ) -> Guide:
-        """Build the guide with a :class:`~pyro_vae.nn.ConvEncoder` (28×28 images)."""
+        """Build the guide with a :class:`~pyro_vae.parts.nn.ConvEncoder` (28×28 images)."""
         check_latent_dim(latent_dim, cls.min_latent_dim)
         encoder = nn.Sequential(
             ConvEncoder(feature_dim, channels),
@@ -277,13 +277,13 @@ class IAFGuide(Guide):
 
 class PowerSphericalGuide(Guide):
     r"""A Power Spherical posterior on the unit sphere :math:`S^{d-1}` (De Cao & Aziz,
-    2020), for the hyperspherical VAE with :class:`~pyro_vae.priors.UniformSpherePrior`.
+    2020), for the hyperspherical VAE with :class:`~pyro_vae.parts.priors.UniformSpherePrior`.
 
     The encoder outputs :math:`d + 1` numbers per item: a direction, normalized to the mean
     direction :math:`\mu(x)`, and a raw concentration :math:`r` mapped on the log scale to
     :math:`\kappa(x) = \kappa_{\min} + \kappa_0 e^{r}` (:math:`r` clamped at 20). Sampling
     is reparameterized and the KL against the uniform prior is analytic
-    (:class:`~pyro_vae.distributions.PowerSpherical`); neither uses Bessel functions.
+    (:class:`~pyro_vae.parts.distributions.PowerSpherical`); neither uses Bessel functions.
 
     The scale :math:`\kappa_0` (default :math:`10 d`) sets the concentration of a fresh
     encoder, whose outputs are near 0: a mean resultant length
@@ -299,7 +299,7 @@ class PowerSphericalGuide(Guide):
     :math:`d = 20`) the model collapsed (KL 2.1 nats, test ELBO -201.6; KL warm-up over
     600 steps did not help: -199.2). Give the decoder the input scale :math:`\sqrt{d}`
     (``input_scale`` of the likelihood's ``mlp``/``conv``, from
-    :func:`~pyro_vae.nn.latent_input_scale`), as the CLI does: the same run then trained
+    :func:`~pyro_vae.parts.nn.latent_input_scale`), as the CLI does: the same run then trained
     (KL 17.7, test ELBO -143.7); at :math:`d = 64` it reached -184.2 (KL 8.0) in 10
     epochs, slower than a Gaussian latent.
 

@@ -22,8 +22,8 @@ added with weight :math:`\alpha` (eq. 9 of [1]):
         - \alpha \log q_\phi(y \mid x)\big]
         + \sum_{x\ \mathrm{unlabelled}} -\mathcal{U}(x).
 
-The parts are those of the conditional VAE (:mod:`pyro_vae.conditional`): a likelihood
-with a :class:`~pyro_vae.conditional.ConditionalNet` decoder on ``[z, one_hot(y)]``, a
+The parts are those of the conditional VAE (:mod:`pyro_vae.parts.conditional`): a likelihood
+with a :class:`~pyro_vae.parts.conditional.ConditionalNet` decoder on ``[z, one_hot(y)]``, a
 guide with a conditional encoder on ``[x, one_hot(y)]``, plus a classifier network for
 :math:`q_\phi(y \mid x)`. Pyro's SS-VAE tutorial (``examples/vae/ss_vae_M2.py``) reports
 test accuracies of about 0.93 and 0.95 with 100 and 1000 labels after long training.
@@ -46,11 +46,11 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 
-from ._sites import batch_device
-from .conditional import check_labels, conditional_guide, conditional_likelihood
-from .nn import MLP
-from .priors import StandardNormalPrior
-from .train import History
+from pyro_vae.inference.sites import batch_device
+from pyro_vae.parts.conditional import check_labels, conditional_guide, conditional_likelihood
+from pyro_vae.parts.nn import MLP
+from pyro_vae.parts.priors import StandardNormalPrior
+from pyro_vae.train.loop import History
 
 __all__ = [
     "SemiSupervisedVAE",
@@ -71,7 +71,7 @@ class SemiSupervisedVAE(PyroModule):
     plate ``"data"``), so :class:`~pyro.infer.TraceEnum_ELBO` (``max_plate_nesting=1``)
     scores it directly.
 
-    :param prior: :math:`p(z)`, e.g. :class:`~pyro_vae.priors.StandardNormalPrior`.
+    :param prior: :math:`p(z)`, e.g. :class:`~pyro_vae.parts.priors.StandardNormalPrior`.
     :param likelihood: :math:`p(x \mid z, y)`, with a conditional decoder.
     :param guide: :math:`q(z \mid x, y)`, with a conditional encoder.
     :param classifier: network mapping ``(*batch, *x_shape)`` to ``(*batch, C)`` logits of
@@ -111,8 +111,8 @@ class SemiSupervisedVAE(PyroModule):
         """M2 with MLP networks, as in Pyro's tutorial (500 hidden units, ``latent_dim``
         50 there): a standard normal prior, a Bernoulli likelihood by default, a diagonal
         Normal guide and an MLP classifier."""
-        from .guides import DiagonalNormalGuide
-        from .likelihoods import BernoulliLikelihood
+        from pyro_vae.parts.guides import DiagonalNormalGuide
+        from pyro_vae.parts.likelihoods import BernoulliLikelihood
 
         hidden = tuple(hidden_dims)
         likelihood = conditional_likelihood(
@@ -277,7 +277,7 @@ def fit_semisupervised(
     :param max_seconds: stop after the first epoch that ends past this wall-clock budget
         (also checked every step, then the epoch's record is written as it stands).
     :param log: called with each epoch's record.
-    :returns: a :class:`~pyro_vae.train.History` with ``loss``, ``val_accuracy``,
+    :returns: a :class:`~pyro_vae.train.loop.History` with ``loss``, ``val_accuracy``,
         ``seconds`` per epoch.
     """
     x_l, y_l = labelled

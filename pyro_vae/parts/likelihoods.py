@@ -20,10 +20,10 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.nn import functional as F
 
-from .conditional import call_net
-from .distributions import DiscretizedLogistic, IndependentBernoulli
-from .nn import MLP, ConvDecoder
-from .priors import check_latent_dim
+from pyro_vae.parts.conditional import call_net
+from pyro_vae.parts.distributions import DiscretizedLogistic, IndependentBernoulli
+from pyro_vae.parts.nn import MLP, ConvDecoder
+from pyro_vae.parts.priors import check_latent_dim
 
 __all__ = [
     "BernoulliLikelihood",
@@ -50,7 +50,7 @@ class Likelihood(PyroModule):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Return the distribution parameters for ``z`` (``y`` reaches a conditional decoder
-        only, see :class:`~pyro_vae.conditional.ConditionalNet`)."""
+        only, see :class:`~pyro_vae.parts.conditional.ConditionalNet`)."""
         return call_net(self.decoder, z, y)
 
     def make_dist(self, params: torch.Tensor) -> dist.Distribution:
@@ -82,14 +82,14 @@ class Likelihood(PyroModule):
         input_scale: float = 1.0,
         **kwargs,
     ) -> Likelihood:
-        r"""Build this likelihood with an :class:`~pyro_vae.nn.MLP` decoder whose output
+        r"""Build this likelihood with an :class:`~pyro_vae.parts.nn.MLP` decoder whose output
         shape is :meth:`decoder_shape`.
 
         :param latent_dim: dimension of ``z``.
         :param x_shape: shape of one data item.
         :param hidden_dims: hidden widths of the decoder, from ``z`` outwards.
         :param input_scale: the decoder multiplies ``z`` by this;
-            :func:`~pyro_vae.nn.latent_input_scale` gives :math:`\sqrt{d}` for a latent
+            :func:`~pyro_vae.parts.nn.latent_input_scale` gives :math:`\sqrt{d}` for a latent
             on the sphere (a hyperspherical VAE).
         :param kwargs: passed to the likelihood's constructor (e.g. ``scale``).
         """
@@ -105,7 +105,7 @@ class Likelihood(PyroModule):
         input_scale: float = 1.0,
         **kwargs,
     ) -> Likelihood:
-        """Build this likelihood with a :class:`~pyro_vae.nn.ConvDecoder` (28×28 images)
+        """Build this likelihood with a :class:`~pyro_vae.parts.nn.ConvDecoder` (28×28 images)
         whose output shape is :meth:`decoder_shape`; ``input_scale`` as for :meth:`mlp`."""
         check_latent_dim(latent_dim)
         out = cls.decoder_shape(x_shape)
@@ -189,7 +189,8 @@ class DiscretizedLogisticLikelihood(Likelihood):
     r"""Discretized logistic pixels for 8-bit images (Salimans et al., 2017):
     :math:`p(x \mid z) = \prod_i \mathrm{DiscLogistic}(x_i;\ \mu_i(z), s_i(z))`, the logistic
     density integrated over each pixel's bin of width :math:`1/255`, with the edge bins
-    :math:`0` and :math:`1` taking the tails (:class:`~pyro_vae.distributions.DiscretizedLogistic`).
+    :math:`0` and :math:`1` taking the tails
+    (:class:`~pyro_vae.parts.distributions.DiscretizedLogistic`).
 
     The data must be 8-bit values scaled to :math:`[0, 1]`, i.e. on the grid
     :math:`k / 255`. The decoder outputs two numbers per pixel, the location :math:`\mu`

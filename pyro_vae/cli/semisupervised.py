@@ -1,7 +1,7 @@
 """Command line: ``pyro-vae semisupervised``, the M2 model trained with few labels.
 
-Like :mod:`pyro_vae.cli`, this module only turns strings into objects; the model and the
-training loop live in :mod:`pyro_vae.semisupervised`.
+Like :mod:`pyro_vae.cli.main`, this module only turns strings into objects; the model and the
+training loop live in :mod:`pyro_vae.models.semisupervised`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 
-from . import data as data_mod
-from .checkpoint import load_checkpoint, load_module_states, save_checkpoint
-from .cli import _num_classes, check_counts, load_splits, prepare
-from .semisupervised import (
+from pyro_vae import data as data_mod
+from pyro_vae.cli.main import _num_classes, check_counts, load_splits, prepare
+from pyro_vae.models.semisupervised import (
     SemiSupervisedVAE,
     classification_accuracy,
     fit_semisupervised,
     split_labelled,
 )
-from .train import _writable_dir
+from pyro_vae.train.checkpoint import load_checkpoint, load_module_states, save_checkpoint
+from pyro_vae.train.loop import _writable_dir
 
 MODEL_NAME = "model.pt"
 LABELLED_DATASETS = ("bundled", "mnist", "fashion-mnist")

@@ -35,12 +35,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from . import distributed
-from ._sites import accepts_y
-from .capture import CapturedStep
-from .checkpoint import load_checkpoint, load_module_states, save_checkpoint
-from .evaluate import elbo_terms
-from .objectives import make_objective
+from pyro_vae import distributed
+from pyro_vae.check.evaluate import elbo_terms
+from pyro_vae.inference.sites import accepts_y
+from pyro_vae.objectives import make_objective
+from pyro_vae.train.capture import CapturedStep
+from pyro_vae.train.checkpoint import load_checkpoint, load_module_states, save_checkpoint
 
 __all__ = ["CHECKPOINT_NAME", "History", "TrainingDivergedError", "fit"]
 
@@ -303,7 +303,7 @@ def fit(
         \left[\log p(x_n, z_n) - \log q(z_n \mid x_n)\right].
 
     Works for any pair that follows the site conventions (observed ``"x"``, plate
-    ``"data"``), not only :class:`~pyro_vae.vae.VAE`: ``model(x)`` / ``guide(x)``, with
+    ``"data"``), not only :class:`~pyro_vae.models.vae.VAE`: ``model(x)`` / ``guide(x)``, with
     ``y=labels`` passed too when the data has labels and both functions take ``y`` (Pyro
     gives model and guide the same arguments).
 
@@ -342,7 +342,7 @@ def fit(
         that batch; ``"reduce_lr"`` drops it and halves the learning rate. The last two
         check every step (one host sync per step) and give up after 10 bad steps in a row.
     :param capture: replay each step's loss and gradient as a recorded graph
-        (:class:`~pyro_vae.capture.CapturedStep`) for every batch shape where recording is
+        (:class:`~pyro_vae.train.capture.CapturedStep`) for every batch shape where recording is
         safe and verified to match the Pyro path; other steps run the Pyro path. ``None``
         (default) captures when model and guide are ``nn.Module`` methods (e.g.
         ``vae.model``), whose structure is fixed by their modules; ``True`` also tries

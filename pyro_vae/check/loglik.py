@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from . import distributed
-from ._particles import log_weights, max_plate_nesting, particle_traces
+from pyro_vae import distributed
+from pyro_vae.inference.particles import log_weights, max_plate_nesting, particle_traces
 
 __all__ = ["LogLikelihood", "log_likelihood"]
 

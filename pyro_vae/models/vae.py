@@ -19,7 +19,7 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
-from ._sites import batch_device
+from pyro_vae.inference.sites import batch_device
 
 __all__ = ["VAE"]
 
@@ -39,9 +39,10 @@ class VAE(PyroModule):
     Each instance gets a unique Pyro name (``vae0``, ``vae1``, ...), so the parameters of
     two models never collide in Pyro's global param store.
 
-    :param prior: :math:`p(z)`, e.g. :class:`~pyro_vae.priors.StandardNormalPrior`.
-    :param likelihood: :math:`p(x \mid z)`, e.g. :class:`~pyro_vae.likelihoods.BernoulliLikelihood`.
-    :param guide: :math:`q(z \mid x)`, e.g. :class:`~pyro_vae.guides.DiagonalNormalGuide`;
+    :param prior: :math:`p(z)`, e.g. :class:`~pyro_vae.parts.priors.StandardNormalPrior`.
+    :param likelihood: :math:`p(x \mid z)`, e.g.
+        :class:`~pyro_vae.parts.likelihoods.BernoulliLikelihood`.
+    :param guide: :math:`q(z \mid x)`, e.g. :class:`~pyro_vae.parts.guides.DiagonalNormalGuide`;
         stored as ``vae.posterior`` (``vae.guide`` is the Pyro guide function).
     :param name: the Pyro name prefix of the parameters; unique by default.
     """

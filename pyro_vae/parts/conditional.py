@@ -5,14 +5,14 @@ r"""Conditional VAE (Sohn, Lee & Yan, 2015) [1]: a label :math:`y` enters every 
     p_\theta(x, z \mid y) = p_\theta(z \mid y)\, p_\theta(x \mid z, y), \qquad
     q_\phi(z \mid x, y).
 
-The same :class:`~pyro_vae.vae.VAE` class runs it: ``vae.model(x, y)`` and
+The same :class:`~pyro_vae.models.vae.VAE` class runs it: ``vae.model(x, y)`` and
 ``vae.guide(x, y)`` already pass ``y`` to the parts. What makes a part conditional:
 
 - the prior :class:`ConditionalNormalPrior`, :math:`\mathcal{N}(m_y, \mathrm{diag}\,s_y^2)`
   with a learned mean and scale per class (a linear map of the one-hot label);
 - an MLP wrapped in :class:`ConditionalNet`, whose first layer also takes the one-hot
-  label; used as the decoder of any :class:`~pyro_vae.likelihoods.Likelihood` or the
-  encoder of any :class:`~pyro_vae.guides.Guide` (:func:`condition_on_labels` wraps a
+  label; used as the decoder of any :class:`~pyro_vae.parts.likelihoods.Likelihood` or the
+  encoder of any :class:`~pyro_vae.parts.guides.Guide` (:func:`condition_on_labels` wraps a
   part's network; :func:`conditional_likelihood`, :func:`conditional_guide` and
   :func:`conditional_vae` build them).
 
@@ -36,8 +36,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import nn
 
-from .nn import MLP
-from .priors import check_latent_dim
+from pyro_vae.parts.nn import MLP
+from pyro_vae.parts.priors import check_latent_dim
 
 __all__ = [
     "ConditionalNet",
@@ -75,7 +75,7 @@ def check_labels(y: torch.Tensor | None, num_classes: int) -> torch.Tensor:
 
 
 class ConditionalNet(nn.Module):
-    r"""An :class:`~pyro_vae.nn.MLP` that also sees the label: its first layer acts on the
+    r"""An :class:`~pyro_vae.parts.nn.MLP` that also sees the label: its first layer acts on the
     concatenation ``[flatten(inputs), one_hot(y)]``.
 
     The first layer :math:`W [u; e_y] + b = W_u u + b + w_y` is computed as the MLP's own
@@ -136,7 +136,7 @@ class ConditionalNormalPrior(PyroModule):
     ``loc`` (``(C, d)``, a free parameter) and ``scale`` (``(C, d)``, a positive
     :class:`~pyro.nn.PyroParam`) are linear maps of the one-hot label (row lookups),
     trained jointly with the networks. Initialized to :math:`\mathcal{N}(0, I)` for every
-    class. The KL against a :class:`~pyro_vae.guides.DiagonalNormalGuide` is analytic.
+    class. The KL against a :class:`~pyro_vae.parts.guides.DiagonalNormalGuide` is analytic.
 
     :param num_classes: the number :math:`C` of classes.
     :param latent_dim: the dimension :math:`d` of :math:`z`.
@@ -167,8 +167,8 @@ def condition_on_labels(part: nn.Module, num_classes: int) -> nn.Module:
     ``decoder`` (:math:`p(x \mid z) \to p(x \mid z, y)`) or ``encoder``
     (:math:`q(z \mid x) \to q(z \mid x, y)`) is wrapped in :class:`ConditionalNet`.
 
-    :param part: a :class:`~pyro_vae.likelihoods.Likelihood` or
-        :class:`~pyro_vae.guides.Guide` built with ``.mlp(...)``.
+    :param part: a :class:`~pyro_vae.parts.likelihoods.Likelihood` or
+        :class:`~pyro_vae.parts.guides.Guide` built with ``.mlp(...)``.
     :param num_classes: the number of classes of ``y``.
     :returns: the same part.
     """
@@ -194,7 +194,7 @@ def conditional_likelihood(
     **kwargs: Any,
 ) -> PyroModule:
     r""":math:`p(x \mid z, y)`: ``likelihood_cls.mlp(...)`` (e.g.
-    :class:`~pyro_vae.likelihoods.BernoulliLikelihood`) with a conditional decoder.
+    :class:`~pyro_vae.parts.likelihoods.BernoulliLikelihood`) with a conditional decoder.
 
     :param kwargs: passed to the likelihood's constructor (e.g. ``scale``).
     """
@@ -211,7 +211,7 @@ def conditional_guide(
     **kwargs: Any,
 ) -> PyroModule:
     r""":math:`q(z \mid x, y)`: ``guide_cls.mlp(...)`` (e.g.
-    :class:`~pyro_vae.guides.DiagonalNormalGuide`) with a conditional encoder.
+    :class:`~pyro_vae.parts.guides.DiagonalNormalGuide`) with a conditional encoder.
 
     :param kwargs: passed to the guide's constructor (e.g. ``num_flows``).
     """
@@ -233,14 +233,14 @@ def conditional_vae(
     :param num_classes: the number of classes of ``y``.
     :param latent_dim: dimension of ``z``.
     :param x_shape: shape of one data item.
-    :param likelihood_cls: default :class:`~pyro_vae.likelihoods.BernoulliLikelihood`.
-    :param guide_cls: default :class:`~pyro_vae.guides.DiagonalNormalGuide`.
+    :param likelihood_cls: default :class:`~pyro_vae.parts.likelihoods.BernoulliLikelihood`.
+    :param guide_cls: default :class:`~pyro_vae.parts.guides.DiagonalNormalGuide`.
     :param hidden_dims: hidden widths of the encoder.
-    :returns: a :class:`~pyro_vae.vae.VAE`.
+    :returns: a :class:`~pyro_vae.models.vae.VAE`.
     """
-    from .guides import DiagonalNormalGuide
-    from .likelihoods import BernoulliLikelihood
-    from .vae import VAE
+    from pyro_vae.models.vae import VAE
+    from pyro_vae.parts.guides import DiagonalNormalGuide
+    from pyro_vae.parts.likelihoods import BernoulliLikelihood
 
     likelihood = conditional_likelihood(
         likelihood_cls or BernoulliLikelihood,

@@ -4,9 +4,9 @@ The terms are computed from Pyro traces (the model replayed on a guide sample), 
 hold for any prior, likelihood and guide, not only Gaussians:
 
 - :func:`elbo_terms`: the ELBO and its two terms per example;
-- :func:`~pyro_vae.loglik.log_likelihood`: the importance-sampled :math:`\log p(x)` (the
+- :func:`~pyro_vae.check.loglik.log_likelihood`: the importance-sampled :math:`\log p(x)` (the
   IWAE bound's estimate) with its standard error;
-- :func:`~pyro_vae.diagnostics.latent_diagnostics`: KL per dimension and active units;
+- :func:`~pyro_vae.check.diagnostics.latent_diagnostics`: KL per dimension and active units;
 - :func:`evaluate`: all of them in one report.
 """
 
@@ -22,10 +22,10 @@ from pyro import poutine
 from pyro.distributions import MaskedDistribution
 from torch.distributions import kl_divergence
 
-from ._sites import label_kwargs, per_example
-from .diagnostics import latent_diagnostics
-from .distributions import DiscretizedLogistic
-from .loglik import log_likelihood
+from pyro_vae.check.diagnostics import latent_diagnostics
+from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.inference.sites import label_kwargs, per_example
+from pyro_vae.parts.distributions import DiscretizedLogistic
 
 __all__ = ["elbo_terms", "evaluate", "is_discrete"]
 
@@ -128,12 +128,12 @@ def evaluate(
 
     - ``elbo``, ``reconstruction``, ``kl``: dataset means of :func:`elbo_terms`;
     - ``nll``, ``nll_stderr``: :math:`-\widehat{\log p}(x)` from
-      :func:`~pyro_vae.loglik.log_likelihood` with ``num_samples`` importance samples, and
+      :func:`~pyro_vae.check.loglik.log_likelihood` with ``num_samples`` importance samples, and
       the Monte Carlo standard error of the mean;
     - ``bits_per_dim``: ``nll / (D ln 2)`` when the likelihood of ``"x"`` is discrete
       (:func:`is_discrete`), else ``None`` (a density is not a code length);
     - ``active_units``, ``latent_dim``, ``activity``, ``kl_per_dim`` (``None`` if the guide
-      or prior does not factorize): :func:`~pyro_vae.diagnostics.latent_diagnostics`, which
+      or prior does not factorize): :func:`~pyro_vae.check.diagnostics.latent_diagnostics`, which
       warns on posterior collapse;
     - ``num_examples``, ``num_samples``, ``seconds_log_likelihood``.
 

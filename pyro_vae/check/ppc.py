@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ._particles import (
+from pyro_vae.inference.particles import (
     max_plate_nesting,
     particle_traces,
     per_example_particles,

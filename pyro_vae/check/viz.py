@@ -19,8 +19,8 @@ import torch
 from pyro import poutine
 from torchvision.utils import make_grid, save_image
 
-from ._sites import accepts_y, label_kwargs
-from .diagnostics import posterior_means
+from pyro_vae.check.diagnostics import posterior_means
+from pyro_vae.inference.sites import accepts_y, label_kwargs
 
 __all__ = [
     "as_images",

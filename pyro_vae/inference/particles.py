@@ -18,7 +18,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from ._sites import DATA_PLATE, label_kwargs
+from pyro_vae.inference.sites import DATA_PLATE, label_kwargs
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 

@@ -221,7 +221,8 @@ for name, r in results.items():
 #
 # Each panel shows the posterior means $\mathbb{E}_{q_\phi}[z \mid x]$ of the test images
 # (`pyro_vae.check.diagnostics.posterior_means`, the coordinates that
-# `pyro_vae.check.viz.latent_scatter` plots), coloured by digit, over grey samples from the trained prior $p_\lambda(z)$.
+# `pyro_vae.check.viz.latent_scatter` plots), coloured by digit, over grey samples from
+# the trained prior $p_\lambda(z)$.
 # Where the colours leave gaps that the grey fills, the prior puts mass where no data
 # goes: samples drawn from there decode to blurry non-digits.
 

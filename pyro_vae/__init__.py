@@ -19,7 +19,7 @@ from pyro_vae.data import (
     read_idx,
 )
 from pyro_vae.models.semisupervised import SemiSupervisedVAE, fit_semisupervised, split_labelled
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.vae import VAE, conditional_vae
 from pyro_vae.objectives import (
     IWAE,
     OBJECTIVES,
@@ -28,7 +28,7 @@ from pyro_vae.objectives import (
     ScoreFunctionELBO,
     make_objective,
 )
-from pyro_vae.parts.conditional import ConditionalNormalPrior, condition_on_labels, conditional_vae
+from pyro_vae.parts.conditional import ConditionalNormalPrior, condition_on_labels
 from pyro_vae.parts.guides import (
     DiagonalNormalGuide,
     FullCovarianceNormalGuide,

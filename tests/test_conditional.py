@@ -16,6 +16,7 @@ from pyro_vae import (
     DiagonalNormalGuide,
     StandardNormalPrior,
     binarize,
+    conditional_vae,
     elbo_terms,
     fit,
 )
@@ -23,7 +24,6 @@ from pyro_vae.parts.conditional import (
     ConditionalNet,
     ConditionalNormalPrior,
     condition_on_labels,
-    conditional_vae,
 )
 from pyro_vae.parts.nn import MLP
 

@@ -14,14 +14,22 @@ observed site ``"x"``, latent site ``"z"``, optional label site ``"y"``, and the
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import pyro
 import torch
 from pyro.nn import PyroModule
 
 from pyro_vae.inference.sites import batch_device
+from pyro_vae.parts.conditional import (
+    ConditionalNormalPrior,
+    conditional_guide,
+    conditional_likelihood,
+)
+from pyro_vae.parts.guides import DiagonalNormalGuide
+from pyro_vae.parts.likelihoods import BernoulliLikelihood
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "conditional_vae"]
 
 _names = itertools.count()
 
@@ -141,3 +149,33 @@ class VAE(PyroModule):
                 f"many examples to generate; got num_samples={num_samples!r}."
             )
         return num_samples
+
+
+def conditional_vae(
+    num_classes: int,
+    latent_dim: int,
+    x_shape: Sequence[int],
+    likelihood_cls: type | None = None,
+    guide_cls: type | None = None,
+    hidden_dims: Sequence[int] = (400,),
+) -> VAE:
+    r"""A conditional VAE: :class:`~pyro_vae.parts.conditional.ConditionalNormalPrior`,
+    :func:`~pyro_vae.parts.conditional.conditional_likelihood` and
+    :func:`~pyro_vae.parts.conditional.conditional_guide` with MLP networks (the decoder
+    mirrors ``hidden_dims``).
+
+    :param num_classes: the number of classes of ``y``.
+    :param latent_dim: dimension of ``z``.
+    :param x_shape: shape of one data item.
+    :param likelihood_cls: default :class:`~pyro_vae.parts.likelihoods.BernoulliLikelihood`.
+    :param guide_cls: default :class:`~pyro_vae.parts.guides.DiagonalNormalGuide`.
+    :param hidden_dims: hidden widths of the encoder.
+    """
+    hidden = tuple(hidden_dims)
+    likelihood = conditional_likelihood(
+        likelihood_cls or BernoulliLikelihood, latent_dim, x_shape, num_classes, hidden[::-1]
+    )
+    guide = conditional_guide(
+        guide_cls or DiagonalNormalGuide, x_shape, latent_dim, num_classes, hidden
+    )
+    return VAE(ConditionalNormalPrior(num_classes, latent_dim), likelihood, guide)

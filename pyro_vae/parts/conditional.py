@@ -14,7 +14,7 @@ The same :class:`~pyro_vae.models.vae.VAE` class runs it: ``vae.model(x, y)`` an
   label; used as the decoder of any :class:`~pyro_vae.parts.likelihoods.Likelihood` or the
   encoder of any :class:`~pyro_vae.parts.guides.Guide` (:func:`condition_on_labels` wraps a
   part's network; :func:`conditional_likelihood`, :func:`conditional_guide` and
-  :func:`conditional_vae` build them).
+  :func:`pyro_vae.models.vae.conditional_vae` build them).
 
 Generate a chosen digit by sampling the model with labels and no data::
 
@@ -36,8 +36,9 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import nn
 
+from pyro_vae._checks import check_count, check_latent_dim
 from pyro_vae.parts.nn import MLP
-from pyro_vae.parts.priors import check_latent_dim
+from pyro_vae.parts.priors import Prior
 
 __all__ = [
     "ConditionalNet",
@@ -47,7 +48,6 @@ __all__ = [
     "condition_on_labels",
     "conditional_guide",
     "conditional_likelihood",
-    "conditional_vae",
 ]
 
 
@@ -102,7 +102,7 @@ class ConditionalNet(nn.Module):
                 "with .mlp(...) (convolutional networks are not conditioned)."
             )
         self.mlp = mlp
-        self.num_classes = _check_count("num_classes", num_classes)
+        self.num_classes = check_count("num_classes", num_classes)
         first = mlp.net[0]
         bound = 1.0 / math.sqrt(first.in_features + num_classes)
         self.label_weight = nn.Parameter(
@@ -129,7 +129,7 @@ def call_net(net: nn.Module, inputs: torch.Tensor, y: torch.Tensor | None) -> to
     return net(inputs, y) if getattr(net, "conditional", False) else net(inputs)
 
 
-class ConditionalNormalPrior(PyroModule):
+class ConditionalNormalPrior(Prior):
     r"""A learned class-conditional Gaussian prior
     :math:`p_\theta(z \mid y) = \mathcal{N}(z;\ m_y, \mathrm{diag}\, s_y^2)`.
 
@@ -144,7 +144,7 @@ class ConditionalNormalPrior(PyroModule):
 
     def __init__(self, num_classes: int, latent_dim: int) -> None:
         super().__init__()
-        self.num_classes = _check_count("num_classes", num_classes)
+        self.num_classes = check_count("num_classes", num_classes)
         self.latent_dim = check_latent_dim(latent_dim)
         self.loc = nn.Parameter(torch.zeros(num_classes, latent_dim))
         self.scale = PyroParam(torch.ones(num_classes, latent_dim), constraints.positive)
@@ -156,10 +156,6 @@ class ConditionalNormalPrior(PyroModule):
 
     def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
         return dist.Normal(loc, scale).to_event(1)
-
-    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        r"""The distribution :math:`p(z \mid y)`, batch shape ``y.shape``."""
-        return self.make_dist(*self(y))
 
 
 def condition_on_labels(part: nn.Module, num_classes: int) -> nn.Module:
@@ -217,45 +213,3 @@ def conditional_guide(
     """
     part = guide_cls.mlp(x_shape, latent_dim, hidden_dims, **kwargs)
     return condition_on_labels(part, num_classes)
-
-
-def conditional_vae(
-    num_classes: int,
-    latent_dim: int,
-    x_shape: Sequence[int],
-    likelihood_cls: type | None = None,
-    guide_cls: type | None = None,
-    hidden_dims: Sequence[int] = (400,),
-) -> PyroModule:
-    r"""A conditional VAE: :class:`ConditionalNormalPrior`, :func:`conditional_likelihood`
-    and :func:`conditional_guide` with MLP networks (the decoder mirrors ``hidden_dims``).
-
-    :param num_classes: the number of classes of ``y``.
-    :param latent_dim: dimension of ``z``.
-    :param x_shape: shape of one data item.
-    :param likelihood_cls: default :class:`~pyro_vae.parts.likelihoods.BernoulliLikelihood`.
-    :param guide_cls: default :class:`~pyro_vae.parts.guides.DiagonalNormalGuide`.
-    :param hidden_dims: hidden widths of the encoder.
-    :returns: a :class:`~pyro_vae.models.vae.VAE`.
-    """
-    from pyro_vae.models.vae import VAE
-    from pyro_vae.parts.guides import DiagonalNormalGuide
-    from pyro_vae.parts.likelihoods import BernoulliLikelihood
-
-    likelihood = conditional_likelihood(
-        likelihood_cls or BernoulliLikelihood,
-        latent_dim,
-        x_shape,
-        num_classes,
-        tuple(reversed(tuple(hidden_dims))),
-    )
-    guide = conditional_guide(
-        guide_cls or DiagonalNormalGuide, x_shape, latent_dim, num_classes, hidden_dims
-    )
-    return VAE(ConditionalNormalPrior(num_classes, latent_dim), likelihood, guide)
-
-
-def _check_count(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return value

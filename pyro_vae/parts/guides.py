@@ -31,10 +31,12 @@ from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_vae._checks import check_count, check_latent_dim
 from pyro_vae.parts.conditional import call_net
 from pyro_vae.parts.distributions import PowerSpherical
-from pyro_vae.parts.nn import MLP, ConvEncoder
-from pyro_vae.parts.priors import _check_count, _order, check_latent_dim
+from pyro_vae.parts.nn import MLP, ConvEncoder, latent_input_scale
+from pyro_vae.parts.priors import FLOW_LAYERS, _order
+from pyro_vae.parts.registry import BuildSpec, Part
 
 __all__ = [
     "DiagonalNormalGuide",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class Guide(PyroModule):
+class Guide(Part, PyroModule):
     r"""Base class: an encoder network plus a distribution head.
 
     Subclasses define :meth:`encoder_dim` (how many numbers per item the encoder
@@ -55,8 +57,13 @@ class Guide(PyroModule):
     :param latent_dim: dimension of ``z``.
     """
 
+    kind = "guide"
     #: the smallest latent dimension the guide supports
     min_latent_dim = 1
+    #: where z lives: ``"euclidean"`` or ``"sphere"``
+    latent_space = "euclidean"
+    #: whether a mixture of its posteriors (the VampPrior) is a distribution
+    mixable = True
 
     def __init__(self, encoder: nn.Module, latent_dim: int) -> None:
         super().__init__()
@@ -79,6 +86,25 @@ class Guide(PyroModule):
     def dist(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
         r"""The distribution :math:`q(z \mid x)`."""
         return self.make_dist(*self(x, y))
+
+    @property
+    def input_scale(self) -> float:
+        """The factor a decoder applies to this guide's ``z``
+        (:func:`~pyro_vae.parts.nn.latent_input_scale`)."""
+        return latent_input_scale(self.latent_dim, self.latent_space == "sphere")
+
+    @classmethod
+    def config_kwargs(cls, spec: BuildSpec) -> dict[str, Any]:
+        """Constructor arguments read from the run configuration's options."""
+        return {}
+
+    @classmethod
+    def from_config(cls, spec: BuildSpec) -> Guide:
+        """Build the guide of a run configuration (MLP or convolutional encoder)."""
+        kwargs = cls.config_kwargs(spec)
+        if spec.network == "conv":
+            return cls.conv(spec.latent_dim, channels=spec.x_shape[0], **kwargs)
+        return cls.mlp(spec.x_shape, spec.latent_dim, spec.hidden_dims, **kwargs)
 
     @classmethod
     def mlp(
@@ -126,6 +152,9 @@ class DiagonalNormalGuide(Guide):
     :param min_scale: the floor :math:`\sigma_{\min}` that keeps the density finite.
     """
 
+    part_name = "diagonal"
+    summary = "Gaussian with a diagonal covariance"
+
     def __init__(self, encoder: nn.Module, latent_dim: int, min_scale: float = 1e-5) -> None:
         super().__init__(encoder, latent_dim)
         self.min_scale = float(min_scale)
@@ -159,6 +188,9 @@ class FullCovarianceNormalGuide(Guide):
     :param latent_dim: dimension :math:`d` of ``z``.
     :param min_scale: the floor :math:`\sigma_{\min}` on the diagonal of :math:`L`.
     """
+
+    part_name = "fullcov"
+    summary = "Gaussian with a full covariance (Cholesky factor)"
 
     def __init__(self, encoder: nn.Module, latent_dim: int, min_scale: float = 1e-5) -> None:
         super().__init__(encoder, latent_dim)
@@ -228,6 +260,15 @@ class IAFGuide(Guide):
        *Improved variational inference with inverse autoregressive flow*, NeurIPS 2016.
     """
 
+    part_name = "iaf"
+    summary = "Gaussian through --flow-layers IAF layers conditioned on x"
+    options = (FLOW_LAYERS,)
+    mixable = False
+
+    @classmethod
+    def config_kwargs(cls, spec: BuildSpec) -> dict[str, Any]:
+        return {"num_flows": spec.option("flow_layers")}
+
     min_latent_dim = 2
 
     def __init__(
@@ -240,8 +281,8 @@ class IAFGuide(Guide):
         min_scale: float = 1e-5,
     ) -> None:
         super().__init__(encoder, latent_dim)
-        _check_count("num_flows", num_flows)
-        self.context_dim = _check_count(
+        check_count("num_flows", num_flows)
+        self.context_dim = check_count(
             "context_dim", 2 * latent_dim if context_dim is None else context_dim
         )
         self.min_scale = float(min_scale)
@@ -308,6 +349,10 @@ class PowerSphericalGuide(Guide):
     :param min_concentration: the floor :math:`\kappa_{\min} \ge 0` of the concentration.
     :param init_concentration: :math:`\kappa_0 > 0`; default ``10 * latent_dim``.
     """
+
+    part_name = "powerspherical"
+    summary = "Power Spherical on the unit sphere (for --prior sphere or vamp)"
+    latent_space = "sphere"
 
     min_latent_dim = 2
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from pyro import distributions as dist
@@ -20,10 +21,11 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_vae._checks import check_latent_dim
 from pyro_vae.parts.conditional import call_net
 from pyro_vae.parts.distributions import DiscretizedLogistic, IndependentBernoulli
 from pyro_vae.parts.nn import MLP, ConvDecoder
-from pyro_vae.parts.priors import check_latent_dim
+from pyro_vae.parts.registry import BuildSpec, Option, Part
 
 __all__ = [
     "BernoulliLikelihood",
@@ -35,13 +37,17 @@ __all__ = [
 ]
 
 
-class Likelihood(PyroModule):
+class Likelihood(Part, PyroModule):
     r"""Base class: :math:`p(x \mid z) = \mathrm{Dist}(x;\ \mathrm{decoder}(z))`.
 
     :param decoder: network mapping ``(*batch, latent_dim)`` to parameters of shape
         ``(*batch, *x_shape)``.
     :param x_shape: shape of one data item, e.g. ``(1, 28, 28)`` or ``(784,)``.
     """
+
+    kind = "likelihood"
+    #: whether the data are discrete, so that -log p(x) is a code length (bits/dim apply)
+    discrete = False
 
     def __init__(self, decoder: nn.Module, x_shape: Sequence[int]) -> None:
         super().__init__()
@@ -72,6 +78,21 @@ class Likelihood(PyroModule):
     def decoder_shape(cls, x_shape: Sequence[int]) -> tuple[int, ...]:
         """The decoder's output shape per item: one parameter per pixel, ``x_shape``."""
         return tuple(x_shape)
+
+    @classmethod
+    def config_kwargs(cls, spec: BuildSpec) -> dict[str, Any]:
+        """Constructor arguments read from the run configuration's options."""
+        return {}
+
+    @classmethod
+    def from_config(cls, spec: BuildSpec, input_scale: float = 1.0) -> Likelihood:
+        """Build the likelihood of a run configuration; the MLP decoder mirrors the
+        encoder's ``hidden_dims``. ``input_scale`` comes from the guide
+        (:attr:`~pyro_vae.parts.guides.Guide.input_scale`)."""
+        kwargs = {"input_scale": input_scale, **cls.config_kwargs(spec)}
+        if spec.network == "conv":
+            return cls.conv(spec.latent_dim, spec.x_shape, **kwargs)
+        return cls.mlp(spec.latent_dim, spec.x_shape, spec.hidden_dims[::-1], **kwargs)
 
     @classmethod
     def mlp(
@@ -120,6 +141,10 @@ class BernoulliLikelihood(Likelihood):
     :class:`pyro_vae.data.DynamicBinarization`) or use :class:`ContinuousBernoulliLikelihood`.
     """
 
+    part_name = "bernoulli"
+    summary = "Bernoulli pixels, for binary data"
+    discrete = True
+
     def make_dist(self, logits: torch.Tensor) -> dist.Distribution:
         return IndependentBernoulli(dist.Bernoulli(logits=logits), len(self.x_shape))
 
@@ -140,6 +165,9 @@ class BernoulliLikelihood(Likelihood):
 class ContinuousBernoulliLikelihood(Likelihood):
     r"""The continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019), a proper density on
     :math:`[0, 1]` for grayscale pixels. The decoder outputs logits."""
+
+    part_name = "cbernoulli"
+    summary = "continuous Bernoulli, for grayscale data in [0, 1]"
 
     def make_dist(self, logits: torch.Tensor) -> dist.Distribution:
         return dist.ContinuousBernoulli(logits=logits).to_event(len(self.x_shape))
@@ -163,6 +191,17 @@ class NormalLikelihood(Likelihood):
     :param learn_scale: if true, :math:`\sigma` is a learned per-element parameter of shape
         ``x_shape``; otherwise it is fixed.
     """
+
+    part_name = "normal"
+    summary = "Gaussian with a fixed or learned --scale"
+    options = (
+        Option("scale", float, 0.1, "standard deviation of the normal likelihood", positive=True),
+        Option("learn_scale", bool, False, "learn a per-element scale (normal likelihood)"),
+    )
+
+    @classmethod
+    def config_kwargs(cls, spec: BuildSpec) -> dict[str, Any]:
+        return {"scale": spec.option("scale"), "learn_scale": spec.option("learn_scale")}
 
     def __init__(
         self,
@@ -211,6 +250,10 @@ class DiscretizedLogisticLikelihood(Likelihood):
     :param num_bins: the number of intensity levels (256 for 8-bit data).
     :param min_scale: the floor :math:`s_{\min}` of the logistic scale.
     """
+
+    part_name = "dlogistic"
+    summary = "discretized logistic, for 8-bit data scaled to [0, 1] (reports bits/dim)"
+    discrete = True
 
     def __init__(
         self,

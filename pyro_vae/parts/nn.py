@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyro_vae._checks import check_count, check_number
+
 __all__ = ["MLP", "ConvDecoder", "ConvEncoder", "latent_input_scale"]
 
 
@@ -34,14 +36,11 @@ def latent_input_scale(latent_dim: int, on_sphere: bool) -> float:
 
 
 def _check_scale(value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"input_scale must be a finite number > 0, got {value!r}.")
-    return float(value)
+    return float(check_number("input_scale", value, positive=True))
 
 
 def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_count(name, value)
 
 
 class MLP(nn.Module):

@@ -43,33 +43,99 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN, PyroModule, PyroParam
 from torch import nn
 
+from pyro_vae._checks import check_count, check_latent_dim
 from pyro_vae.parts.distributions import DiagonalNormalMixture, HypersphericalUniform
+from pyro_vae.parts.registry import BuildSpec, Option, Part, registered
 
 __all__ = [
     "FlowPrior",
     "LearnedNormalPrior",
     "MixtureOfGaussiansPrior",
+    "Prior",
     "StandardNormalPrior",
     "UniformSpherePrior",
     "VampPrior",
 ]
 
 
-def check_latent_dim(latent_dim: int, minimum: int = 1) -> int:
-    """Raise a :class:`ValueError` unless ``latent_dim`` is an integer ``>= minimum``."""
-    if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < minimum:
-        raise ValueError(
-            f"latent_dim must be an integer >= {minimum}, got {latent_dim!r}; "
-            "pass e.g. latent_dim=20."
-        )
-    return latent_dim
+COMPONENTS = Option(
+    "components", int, 10, "mixture components (mog), pseudo-inputs (vamp)", minimum=1
+)
+FLOW_LAYERS = Option(
+    "flow_layers", int, 2, "autoregressive layers of a flow (flow prior, iaf guide)", minimum=1
+)
 
 
-class StandardNormalPrior(PyroModule):
+class Prior(Part, PyroModule):
+    r"""Base class of priors :math:`p(z)`: ``forward(y)`` returns the distribution's
+    parameters, ``make_dist(*params)`` the distribution, and :meth:`dist` chains the two.
+
+    Declared facts (class attributes), read by the run builder and the contract tests:
+
+    - ``latent_space``: ``"euclidean"`` (a density on :math:`\mathbb{R}^d`), ``"sphere"``
+      (a density on :math:`S^{d-1}`) or ``"guide"`` (whatever the guide's is, e.g. a
+      mixture of the guide's own posteriors);
+    - ``needs_mixable_guide``: the prior mixes the guide's posteriors, so the guide must
+      declare ``mixable``.
+
+    A subclass that sets ``part_name`` is registered (see :mod:`pyro_vae.parts.registry`).
+    """
+
+    kind = "prior"
+    latent_space: str = "euclidean"
+    needs_mixable_guide: bool = False
+    latent_dim: int
+
+    def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def make_dist(self, *params: torch.Tensor) -> dist.Distribution:
+        raise NotImplementedError
+
+    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
+        return self.make_dist(*self(y))
+
+    @classmethod
+    def from_config(cls, spec: BuildSpec, guide: nn.Module) -> Prior:
+        """Build the prior of a run configuration; ``guide`` is the run's guide part."""
+        return cls(spec.latent_dim)
+
+    @classmethod
+    def check_guide(cls, guide_cls: type) -> None:
+        """Raise :class:`ValueError` naming the fix if the pair's ELBO would not be a bound:
+        the guide's samples must live where this prior has a density."""
+        guide_space = getattr(guide_cls, "latent_space", "euclidean")
+        space = guide_space if cls.latent_space == "guide" else cls.latent_space
+        if guide_space != space:
+            raise ValueError(
+                f"The {cls.part_name} prior has a density on the {_SPACES[space]}, but the "
+                f"{guide_cls.part_name} guide puts z on the {_SPACES[guide_space]}: the ELBO "
+                f"of this pair bounds nothing. Choose a guide on the {_SPACES[space]} "
+                f"({', '.join(_guides_on(space))}) or another prior."
+            )
+        if cls.needs_mixable_guide and not getattr(guide_cls, "mixable", True):
+            raise ValueError(
+                f"The {cls.part_name} prior mixes the guide's posteriors, which the "
+                f"{guide_cls.part_name} guide cannot provide; choose another guide."
+            )
+
+
+_SPACES = {"euclidean": "Euclidean space R^d", "sphere": "unit sphere S^(d-1)"}
+
+
+def _guides_on(space: str) -> list[str]:
+    return [n for n, c in registered("guide").items() if c.latent_space == space]
+
+
+class StandardNormalPrior(Prior):
     r"""The standard normal prior :math:`p(z) = \mathcal{N}(z; 0, I_d)`.
 
     :param latent_dim: the dimension :math:`d` of :math:`z`.
     """
+
+    part_name = "normal"
+    summary = "standard normal N(0, I)"
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
@@ -84,12 +150,8 @@ class StandardNormalPrior(PyroModule):
     def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
         return dist.Normal(loc, scale).to_event(1)
 
-    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
-        return self.make_dist(*self(y))
 
-
-class LearnedNormalPrior(PyroModule):
+class LearnedNormalPrior(Prior):
     r"""A diagonal Gaussian prior with learned parameters,
     :math:`p_\theta(z) = \mathcal{N}(z;\ m, \mathrm{diag}\, s^2)`.
 
@@ -100,6 +162,9 @@ class LearnedNormalPrior(PyroModule):
     :param latent_dim: the dimension :math:`d` of :math:`z`.
     :param init_scale: the initial value of every :math:`s_i`.
     """
+
+    part_name = "learned"
+    summary = "diagonal Gaussian with learned mean and scale"
 
     def __init__(self, latent_dim: int, init_scale: float = 1.0) -> None:
         super().__init__()
@@ -116,12 +181,8 @@ class LearnedNormalPrior(PyroModule):
     def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
         return dist.Normal(loc, scale).to_event(1)
 
-    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
-        return self.make_dist(*self(y))
 
-
-class MixtureOfGaussiansPrior(PyroModule):
+class MixtureOfGaussiansPrior(Prior):
     r"""A mixture of :math:`K` diagonal Gaussians with learned weights, means and scales:
 
     .. math::
@@ -141,6 +202,14 @@ class MixtureOfGaussiansPrior(PyroModule):
     :param init_scale: the initial scale of every component.
     """
 
+    part_name = "mog"
+    summary = "mixture of --components learned diagonal Gaussians"
+    options = (COMPONENTS,)
+
+    @classmethod
+    def from_config(cls, spec: BuildSpec, guide: nn.Module) -> MixtureOfGaussiansPrior:
+        return cls(spec.latent_dim, spec.option("components"))
+
     def __init__(
         self,
         latent_dim: int,
@@ -150,7 +219,7 @@ class MixtureOfGaussiansPrior(PyroModule):
     ) -> None:
         super().__init__()
         self.latent_dim = check_latent_dim(latent_dim)
-        self.num_components = _check_count("num_components", num_components)
+        self.num_components = check_count("num_components", num_components)
         if not init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {init_scale!r}.")
         self.logits = nn.Parameter(torch.zeros(num_components))
@@ -172,12 +241,8 @@ class MixtureOfGaussiansPrior(PyroModule):
             dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1)
         )
 
-    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
-        return self.make_dist(*self(y))
 
-
-class VampPrior(PyroModule):
+class VampPrior(Prior):
     r"""The VampPrior (Tomczak & Welling, 2018) [1]: the aggregate posterior of :math:`K`
     learned pseudo-inputs :math:`u_k`,
 
@@ -210,6 +275,16 @@ class VampPrior(PyroModule):
     1. J. M. Tomczak, M. Welling, *VAE with a VampPrior*, AISTATS 2018.
     """
 
+    part_name = "vamp"
+    summary = "VampPrior: mixture of the guide's posteriors at --components pseudo-inputs"
+    options = (COMPONENTS,)
+    latent_space = "guide"
+    needs_mixable_guide = True
+
+    @classmethod
+    def from_config(cls, spec: BuildSpec, guide: nn.Module) -> VampPrior:
+        return cls(guide, spec.option("components"), spec.x_shape)
+
     def __init__(
         self,
         guide: nn.Module,
@@ -225,7 +300,7 @@ class VampPrior(PyroModule):
                 "DiagonalNormalGuide.mlp(x_shape, latent_dim); pass the same object to VAE."
             )
         self.latent_dim = check_latent_dim(latent_dim)
-        self.num_pseudo = _check_count("num_pseudo", num_pseudo)
+        self.num_pseudo = check_count("num_pseudo", num_pseudo)
         self.x_shape = tuple(int(s) for s in x_shape)
         # A tuple hides the guide from nn.Module registration: the VAE owns it.
         self._guide = (guide,)
@@ -260,12 +335,8 @@ class VampPrior(PyroModule):
             return DiagonalNormalMixture(mixing, components)
         return dist.MixtureSameFamily(mixing, components)
 
-    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
-        return self.make_dist(*self(y))
 
-
-class FlowPrior(PyroModule):
+class FlowPrior(Prior):
     r"""A standard normal pushed through learnable bijections (a normalizing-flow prior):
 
     .. math::
@@ -288,6 +359,14 @@ class FlowPrior(PyroModule):
         acting on vectors of size ``latent_dim``.
     """
 
+    part_name = "flow"
+    summary = "standard normal through --flow-layers autoregressive layers (MAF)"
+    options = (FLOW_LAYERS,)
+
+    @classmethod
+    def from_config(cls, spec: BuildSpec, guide: nn.Module) -> FlowPrior:
+        return cls.mlp(spec.latent_dim, spec.option("flow_layers"))
+
     def __init__(self, latent_dim: int, transforms: Sequence[nn.Module]) -> None:
         super().__init__()
         self.latent_dim = check_latent_dim(latent_dim)
@@ -309,10 +388,6 @@ class FlowPrior(PyroModule):
         base = dist.Normal(loc, scale).to_event(1)
         return dist.TransformedDistribution(base, [t.inv for t in reversed(self.transforms)])
 
-    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
-        return self.make_dist(*self(y))
-
     @classmethod
     def mlp(
         cls, latent_dim: int, num_flows: int = 2, hidden_dims: Sequence[int] | None = None
@@ -322,7 +397,7 @@ class FlowPrior(PyroModule):
         the variable order is reversed from one layer to the next.
         """
         check_latent_dim(latent_dim, minimum=2)
-        _check_count("num_flows", num_flows)
+        check_count("num_flows", num_flows)
         hidden = list(hidden_dims or (4 * latent_dim,))
         layers = [
             AffineAutoregressive(
@@ -333,7 +408,7 @@ class FlowPrior(PyroModule):
         return cls(latent_dim, layers)
 
 
-class UniformSpherePrior(PyroModule):
+class UniformSpherePrior(Prior):
     r"""The uniform prior on the unit sphere :math:`S^{d-1} \subset \mathbb{R}^d`, the
     hyperspherical VAE's prior (Davidson et al., 2018), with density
     :math:`1 / |S^{d-1}|`, :math:`|S^{d-1}| = 2\pi^{d/2} / \Gamma(d/2)`.
@@ -345,6 +420,10 @@ class UniformSpherePrior(PyroModule):
 
     :param latent_dim: the ambient dimension :math:`d \ge 2`.
     """
+
+    part_name = "sphere"
+    summary = "uniform on the unit sphere (needs a guide on the sphere)"
+    latent_space = "sphere"
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
@@ -362,16 +441,6 @@ class UniformSpherePrior(PyroModule):
 
     def make_dist(self, anchor: torch.Tensor) -> dist.Distribution:
         return HypersphericalUniform(self.latent_dim, dtype=anchor.dtype, device=anchor.device)
-
-    def dist(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        """The distribution :math:`p(z)`, with event shape ``(latent_dim,)``."""
-        return self.make_dist(*self(y))
-
-
-def _check_count(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return value
 
 
 def _order(dim: int, layer: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 
@@ -343,3 +344,181 @@ def test_unwritable_run_dir_fails_before_training(binary, tmp_path):
     vae = small_vae()
     with pytest.raises(ValueError, match="not writable"):
         fit(vae.model, vae.guide, binary[0], epochs=1, run_dir=blocker / "run", progress=False)
+
+
+# ----------------------------------------------------------------------------- run-dir truth
+
+
+def test_checkpoint_precedes_metrics_and_resume_rewrites_them(binary, tmp_path, monkeypatch):
+    """A crash between epoch 3's checkpoint and its metrics line (and a stale duplicate
+    line) leaves metrics that the resume rewrites from the checkpoint: epochs 1..4 once."""
+    from pyro_vae.train import records
+
+    x = binary[0][:256]
+    vae = small_vae()
+    append = records.RunFiles.append
+
+    def crash_on_3(self, record):
+        if record["epoch"] == 3:
+            raise RuntimeError("crash")
+        append(self, record)
+
+    monkeypatch.setattr(records.RunFiles, "append", crash_on_3)
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(vae.model, vae.guide, x, epochs=4, batch_size=64, run_dir=tmp_path, progress=False)
+    monkeypatch.setattr(records.RunFiles, "append", append)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 3
+    metrics = tmp_path / "metrics.jsonl"
+    assert [json.loads(r)["epoch"] for r in metrics.read_text().splitlines()] == [1, 2]
+    metrics.write_text(metrics.read_text() + '{"epoch": 2}\n')  # a stale duplicate
+    fit(vae.model, vae.guide, x, epochs=4, batch_size=64, run_dir=tmp_path, resume=tmp_path)
+    epochs = [json.loads(r)["epoch"] for r in metrics.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_new_lr_is_applied_on_resume_and_recorded(binary, tmp_path):
+    x = binary[0][:256]
+    vae = small_vae()
+    args = {"batch_size": 64, "run_dir": tmp_path, "progress": False}
+    fit(vae.model, vae.guide, x, epochs=1, lr=1e-3, **args)
+    h = fit(vae.model, vae.guide, x, epochs=2, lr=1e-4, resume=tmp_path, **args)
+    assert h["lr"] == [1e-3, 1e-4]
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [1e-4]
+    h = fit(vae.model, vae.guide, x, epochs=3, resume=tmp_path, **args)  # lr=None: kept
+    assert h["lr"] == [1e-3, 1e-4, 1e-4]
+
+
+class Recorder:
+    """A transform that records its batches and sends SIGINT on its n-th call."""
+
+    def __init__(self, interrupt_at=None):
+        self.interrupt_at, self.batches = interrupt_at, []
+
+    def __call__(self, xb):
+        self.batches.append(xb.clone())
+        if len(self.batches) == self.interrupt_at:
+            signal.raise_signal(signal.SIGINT)
+        return xb
+
+
+def test_batch_size_change_mid_epoch_resumes_by_examples(binary, tmp_path):
+    """Stopped after 1 batch of 100, resumed with batches of 40: the epoch sees the rest
+    of its saved order, each example exactly once."""
+    x = binary[0][:300]
+    ids = torch.arange(300.0).view(300, 1, 1, 1).expand(300, 1, 28, 28)
+    vae = small_vae()
+
+    def model(xb):  # train on the images; the transform sees which examples came
+        return vae.model(x[xb[:, 0, 0, 0].long()])
+
+    def guide(xb):
+        return vae.guide(x[xb[:, 0, 0, 0].long()])
+
+    first = Recorder(interrupt_at=2)  # the eval subset, then batch 1 of epoch 1
+    args = {"epochs": 1, "run_dir": tmp_path, "progress": False, "capture": False}
+    h = fit(model, guide, ids, batch_size=100, transform=first, **args)
+    assert h.interrupted and load_checkpoint(tmp_path / CHECKPOINT_NAME)["batch_in_epoch"] == 1
+    rest = Recorder()
+    h = fit(model, guide, ids, batch_size=40, transform=rest, resume=tmp_path, **args)
+    sizes = [len(b) for b in rest.batches[1:]]
+    assert sizes == [40, 40, 40, 40, 40] and h.last["step"] == 6
+    seen = torch.cat([first.batches[1], *rest.batches[1:]])[:, 0, 0, 0].long()
+    assert sorted(seen.tolist()) == list(range(300))
+
+
+def test_dataloader_batch_size_change_mid_epoch_is_refused(binary, tmp_path):
+    x = binary[0][:300]
+    vae = small_vae()
+    args = {"epochs": 1, "run_dir": tmp_path, "progress": False}
+    loader = DataLoader(TensorDataset(x), batch_size=100, shuffle=True)
+    h = fit(vae.model, vae.guide, loader, transform=Recorder(interrupt_at=2), **args)
+    assert h.interrupted
+    loader = DataLoader(TensorDataset(x), batch_size=50, shuffle=True)
+    with pytest.raises(ValueError, match="resume with batch_size=100"):
+        fit(vae.model, vae.guide, loader, resume=tmp_path, **args)
+
+
+# ----------------------------------------------------------------------------- M2 through fit
+
+
+@pytest.fixture(scope="module")
+def m2_data(bundled):
+    x, y = bundled["train"].tensors
+    xb = binarize(x[:400], seed=0)
+    lab = torch.cat([(y[:400] == c).nonzero().flatten()[:5] for c in range(10)])
+    unlab = torch.ones(400, dtype=torch.bool)
+    unlab[lab] = False
+    return (xb[lab], y[lab]), xb[unlab][:300]
+
+
+def small_m2():
+    from pyro_vae import SemiSupervisedVAE
+
+    torch.manual_seed(11)
+    return SemiSupervisedVAE.mlp(10, 4, (1, 28, 28), (32,))
+
+
+def test_m2_resumes_exactly_after_an_interrupted_epoch(m2_data, tmp_path):
+    """M2 stopped by Ctrl-C in the middle of epoch 2 and resumed equals an uninterrupted
+    run, bit for bit: the unlabelled and the labelled orders are in the checkpoint."""
+    from pyro_vae import fit_semisupervised
+
+    labelled, unlabelled = m2_data
+
+    def run(run_dir, transform=None, resume=None):
+        m2 = small_m2()
+        args = {"epochs": 2, "batch_size": 40, "lr": 2e-3, "run_dir": run_dir}
+        h = fit_semisupervised(m2, labelled, unlabelled, transform=transform, resume=resume, **args)
+        return m2, h
+
+    full, h_full = run(tmp_path / "full")
+    # 2 probe calls, then 2 calls (unlabelled, labelled) per step, 8 steps per epoch
+    _, h_cut = run(tmp_path / "cut", transform=Recorder(interrupt_at=2 + 2 * (8 + 3)))
+    assert h_cut.interrupted and len(h_cut) == 1
+    state = load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)
+    assert state["epoch"] == 1 and state["batch_in_epoch"] == 3
+    resumed, h_res = run(tmp_path / "cut", transform=lambda t: t, resume=tmp_path / "cut")
+    assert len(h_res) == 2 and not h_res.interrupted
+    for k, v in params_of(full).items():
+        assert torch.equal(v, params_of(resumed)[k]), k
+    assert h_res["loss"] == h_full["loss"]
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in lines] == [1, 2]
+
+
+@pytest.mark.filterwarnings("ignore:Encountered")
+def test_m2_nan_policy(m2_data, tmp_path):
+    """A poisoned batch: ``on_nan="skip"`` drops that step; ``"raise"`` stops with the step
+    and keeps the last checkpoint."""
+    from pyro_vae import fit_semisupervised
+
+    labelled, unlabelled = m2_data
+
+    class PoisonAt:
+        def __init__(self, call):
+            self.call, self.calls = call, 0
+
+        def __call__(self, xb):
+            self.calls += 1
+            return xb * float("nan") if self.calls == self.call else xb
+
+    m2 = small_m2()
+    args = {"batch_size": 40, "lr": 2e-3}
+    h = fit_semisupervised(
+        m2, labelled, unlabelled, epochs=1, transform=PoisonAt(7), on_nan="skip", **args
+    )
+    assert h.last["skipped_steps"] == 1 and h.last["step"] == 8
+    assert all(torch.isfinite(p).all() for p in m2.parameters())
+    # step 11's poisoned pixels give NaN gradients; its update makes step 12's loss NaN
+    with pytest.raises(TrainingDivergedError, match=r"at step 12\b.*--resume"):
+        fit_semisupervised(
+            small_m2(),
+            labelled,
+            unlabelled,
+            epochs=2,
+            transform=PoisonAt(2 + 2 * 10 + 1),
+            run_dir=tmp_path,
+            **args,
+        )
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1

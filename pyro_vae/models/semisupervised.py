@@ -35,22 +35,24 @@ test accuracies of about 0.93 and 0.95 with 100 and 1000 labels after long train
 from __future__ import annotations
 
 import itertools
-import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyro
 import torch
 from pyro import distributions as dist
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_vae.inference.sites import batch_device
+from pyro_vae.objectives.semisupervised import SemiSupervisedELBO
 from pyro_vae.parts.conditional import check_labels, conditional_guide, conditional_likelihood
 from pyro_vae.parts.nn import MLP
 from pyro_vae.parts.priors import StandardNormalPrior
-from pyro_vae.train.loop import History
+from pyro_vae.train.batches import SemiSupervisedData
+from pyro_vae.train.loop import History, fit
 
 __all__ = [
     "SemiSupervisedVAE",
@@ -237,15 +239,23 @@ def fit_semisupervised(
     *,
     epochs: int = 10,
     batch_size: int = 200,
-    lr: float = 1e-3,
+    lr: float | None = None,
     aux_weight: float = 50.0,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     validation_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     seed: int = 0,
     max_seconds: float | None = None,
     log: Callable[[dict[str, float]], None] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    config: dict[str, Any] | None = None,
+    on_nan: str = "raise",
+    progress: bool = False,
 ) -> History:
-    r"""Train M2 by minimising :math:`\mathcal{J}^\alpha` with Adam.
+    r"""Train M2 by minimising :math:`\mathcal{J}^\alpha` with Adam, through
+    :func:`~pyro_vae.fit` with
+    :class:`~pyro_vae.train.batches.SemiSupervisedData` and
+    :class:`~pyro_vae.objectives.semisupervised.SemiSupervisedELBO`.
 
     Each step pairs one batch of unlabelled examples (one pass over ``unlabelled`` is an
     epoch) with one batch of labelled examples, drawn in turn from a reshuffled
@@ -259,26 +269,35 @@ def fit_semisupervised(
     revisits each labelled example many times per epoch, i.e. it weights the labelled
     part more than a plain sum over the dataset would (Pyro's tutorial instead interleaves
     one labelled batch every so many unlabelled ones); it is a schedule choice, not a
-    different objective per example. Unlike :func:`~pyro_vae.fit`, this loop writes no
-    checkpoints.
+    different objective per example. Like :func:`~pyro_vae.fit`, it checkpoints into
+    ``run_dir`` every epoch (and on Ctrl-C or SIGTERM), resumes exactly with ``resume``
+    and applies the ``on_nan`` policy.
 
     :param ssvae: the model.
     :param labelled: ``(x, y)`` of the labelled examples.
     :param unlabelled: ``x`` of the unlabelled examples.
     :param epochs: passes over the unlabelled data.
     :param batch_size: examples per batch (labelled batches hold at most all labels).
-    :param lr: Adam learning rate.
+    :param lr: Adam learning rate (``None``: ``1e-3``, or the checkpoint's on resume).
     :param aux_weight: :math:`\alpha`, the weight of the classification loss per labelled
         example.
     :param transform: applied to every batch of ``x`` (e.g.
         :class:`~pyro_vae.data.DynamicBinarization`).
     :param validation_data: ``(x, y)`` for the per-epoch ``val_accuracy``.
     :param seed: seeds Pyro/torch and the batch order.
-    :param max_seconds: stop after the first epoch that ends past this wall-clock budget
-        (also checked every step, then the epoch's record is written as it stands).
+    :param max_seconds: stop after the first epoch that ends past this wall-clock budget.
     :param log: called with each epoch's record.
-    :returns: a :class:`~pyro_vae.train.loop.History` with ``loss``, ``val_accuracy``,
-        ``seconds`` per epoch.
+    :param run_dir: where to write ``config.json``, ``metrics.jsonl`` and
+        ``checkpoint.pt``, as :func:`~pyro_vae.fit` does.
+    :param resume: a checkpoint (or run directory) to continue from.
+    :param config: the run's description, saved in ``config.json`` and the checkpoint.
+    :param on_nan: ``"raise"``, ``"skip"`` or ``"reduce_lr"``, as in :func:`~pyro_vae.fit`.
+    :param progress: show a progress bar and one line per epoch.
+    :returns: a :class:`~pyro_vae.train.loop.History` whose records hold ``loss`` (the
+        objective per example, labelled and unlabelled together), ``train_elbo``
+        (its negative), ``val_accuracy``, ``lr`` and ``seconds``.
+    :raises KeyboardInterrupt: on Ctrl-C or SIGTERM without ``run_dir`` (nothing could be
+        saved); with ``run_dir`` the history returns with ``interrupted = True``.
     """
     x_l, y_l = labelled
     check_labels(y_l, ssvae.num_classes)
@@ -289,54 +308,33 @@ def fit_semisupervised(
         )
     if unlabelled.shape[0] == 0:
         raise ValueError("unlabelled is empty; pass the unlabelled examples (x only).")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    if not aux_weight >= 0:
-        raise ValueError(f"aux_weight must be >= 0, got {aux_weight!r}.")
-    pyro.set_rng_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    unsupervised = TraceEnum_ELBO(max_plate_nesting=1)(ssvae.model, ssvae.guide)
-    supervised = Trace_ELBO(max_plate_nesting=1)(ssvae.model, ssvae.guide)
-    optim = torch.optim.Adam(ssvae.parameters(), lr=lr)
-    prep = transform or (lambda t: t)
-    history = History()
     started = time.perf_counter()
-    labelled_order = iter(())
-    lab_batch = min(batch_size, x_l.shape[0])
-    step = 0
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        total, seen = 0.0, 0
-        out_of_time = False
-        for idx in torch.randperm(unlabelled.shape[0], generator=gen).split(batch_size):
-            lab_idx = next(labelled_order, None)
-            if lab_idx is None:
-                labelled_order = iter(torch.randperm(x_l.shape[0], generator=gen).split(lab_batch))
-                lab_idx = next(labelled_order)
-            xu, xl, yl = prep(unlabelled[idx]), prep(x_l[lab_idx]), y_l[lab_idx]
-            with pyro.validation_enabled(step == 0):
-                loss = unsupervised(xu) + supervised(xl, yl)
-                loss = loss - aux_weight * ssvae.class_dist(xl).log_prob(yl).sum()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            step += 1
-            total += loss.item()
-            seen += xu.shape[0] + xl.shape[0]
-            if not math.isfinite(total):
-                raise ValueError(
-                    f"The M2 loss became NaN or infinite at step {step}; lower lr or aux_weight."
-                )
-            if max_seconds is not None and time.perf_counter() - started > max_seconds:
-                out_of_time = True
-                break
-        record = {"epoch": epoch + 1, "step": step, "loss": total / max(seen, 1)}
+
+    def metrics(record: dict[str, float]) -> None:
+        record["loss"] = -record["train_elbo"]
         if validation_data is not None:
             record["val_accuracy"] = classification_accuracy(ssvae, *validation_data)
-        record["seconds"] = time.perf_counter() - t0
-        history.records.append(record)
-        if log is not None:
-            log(record)
-        if out_of_time:
-            break
+
+    def out_of_time(record: dict[str, float]) -> bool:
+        return max_seconds is not None and time.perf_counter() - started > max_seconds
+
+    history = fit(
+        ssvae.model,
+        ssvae.guide,
+        SemiSupervisedData(labelled=(x_l, y_l), unlabelled=unlabelled),
+        objective=SemiSupervisedELBO(aux_weight),
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        transform=transform,
+        callbacks=[metrics, out_of_time] if log is None else [metrics, log, out_of_time],
+        run_dir=run_dir,
+        resume=resume,
+        config=config,
+        on_nan=on_nan,
+        progress=progress,
+    )
+    if history.interrupted and run_dir is None:
+        raise KeyboardInterrupt
     return history

@@ -17,7 +17,9 @@ Each objective is an :class:`~pyro.infer.ELBO` (usable as ``elbo(model, guide)``
 - :class:`~pyro_vae.objectives.beta.BetaELBO`: β-VAE and linear KL warm-up;
 - :class:`~pyro_vae.objectives.free_bits.FreeBitsELBO`: a per-dimension KL floor;
 - :class:`~pyro_vae.objectives.score_function.ScoreFunctionELBO`: score-function gradients
-  (:class:`~pyro.infer.TraceGraph_ELBO` on a non-reparameterized guide).
+  (:class:`~pyro.infer.TraceGraph_ELBO` on a non-reparameterized guide);
+- :class:`~pyro_vae.objectives.semisupervised.SemiSupervisedELBO`: the M2 objective, the
+  enumerated unlabelled bound plus the labelled bound and a classification term.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pyro_vae.objectives.beta import BetaELBO, scale_latents
 from pyro_vae.objectives.free_bits import FreeBitsELBO
 from pyro_vae.objectives.iwae import IWAE
 from pyro_vae.objectives.score_function import ScoreFunctionELBO, non_reparameterized
+from pyro_vae.objectives.semisupervised import SemiSupervisedELBO
 
 __all__ = [
     "IWAE",
@@ -35,6 +38,7 @@ __all__ = [
     "BetaELBO",
     "FreeBitsELBO",
     "ScoreFunctionELBO",
+    "SemiSupervisedELBO",
     "make_objective",
     "non_reparameterized",
     "scale_latents",

@@ -68,7 +68,6 @@ _writable_dir = writable_dir
 _ = (CONFIG_NAME, METRICS_NAME, resolve_device)
 
 Callback = Callable[[dict[str, float]], bool | None]
-EpochMetric = Callable[[dict[str, float]], dict[str, float]]
 
 
 def fit(
@@ -95,7 +94,6 @@ def fit(
     eval_examples: int = 2000,
     on_nan: str = "raise",
     capture: bool | None = None,
-    epoch_metrics: Sequence[EpochMetric] = (),
 ) -> History:
     r"""Train a model/guide pair by stochastic variational inference, maximising
 
@@ -133,10 +131,9 @@ def fit(
     :param transform: applied to each training batch on the device, e.g.
         :class:`~pyro_vae.data.DynamicBinarization`; its ``state_dict`` (if any) is
         checkpointed.
-    :param callbacks: functions called with each epoch's record once it is saved;
-        returning ``True`` stops training after that epoch.
-    :param epoch_metrics: functions called with each epoch's record before it is saved,
-        returning more entries for it (e.g. ``{"val_accuracy": ...}``).
+    :param callbacks: functions called with each epoch's record before it is saved; they
+        may add entries to it (e.g. ``record["val_accuracy"] = ...``), and returning
+        ``True`` stops training after that epoch (once its checkpoint is written).
     :param run_dir: if given, ``config.json``, ``metrics.jsonl`` and ``checkpoint.pt``
         (model, optimizer, RNG and data-order state) are written there every epoch.
     :param resume: a checkpoint file (or run directory) to continue from.
@@ -283,11 +280,10 @@ def fit(
             if hasattr(elbo, "weight"):
                 record["kl_weight"] = elbo.weight
             record["lr"] = optim.param_groups[0]["lr"]
-            for metric in epoch_metrics:
-                record.update(metric(record))
             record.update(seconds=seconds, examples_per_s=meter.seen_now / seconds)
             if on_nan != "raise":
                 record["skipped_steps"] = meter.skipped
+            stop = any([bool(cb(record)) for cb in callbacks])  # they may add entries
             history.records.append(record)
             state.epoch = epoch + 1
             # the checkpoint first: a crash before the metrics line is repaired on resume
@@ -300,7 +296,7 @@ def fit(
                 if history.interrupted and writer:
                     tqdm.write(interrupted_message(epoch + 1, 0, len(batches), files.path))
                 break
-            if any([bool(cb(record)) for cb in callbacks]):
+            if stop:
                 break
     return history
 

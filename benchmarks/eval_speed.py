@@ -31,7 +31,7 @@ import torch
 
 from pyro_vae import binarize, load_binarized_mnist
 from pyro_vae.check.loglik import log_likelihood
-from pyro_vae.cli.main import load_run
+from pyro_vae.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="current", help="which code was measured")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    vae, config = load_run(args.run_dir)
+    run = load_run(args.run_dir)
+    vae, config = run.module, run.config
     x = load_binarized_mnist(args.data_dir, "test").tensors[0][: args.examples]
     x = binarize(x, seed=0)  # already binary: a no-op that checks it
     pyro.set_rng_seed(0)

@@ -39,7 +39,7 @@ import torch
 
 from pyro_vae import fit, load_binarized_mnist
 from pyro_vae.check.loglik import log_likelihood
-from pyro_vae.cli.main import build_vae
+from pyro_vae.runs import RunConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def model_config(name: str) -> dict:
+def model_config(name: str) -> RunConfig:
     base = {
         "x_shape": [1, 28, 28],
         "latent_dim": 50,
@@ -62,7 +62,8 @@ def model_config(name: str) -> dict:
         "prior": "normal",
         "guide": "diagonal",
     }
-    return {**base, **{k: v for k, v in CONFIGS[name].items() if k not in ("objective",)}}
+    changes = {k: v for k, v in CONFIGS[name].items() if k not in ("objective",)}
+    return RunConfig().replace(**base, **changes).validate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     test = load_binarized_mnist(args.data_dir, "test").tensors[0][: args.test_examples]
     spec = CONFIGS[args.config]
     config = model_config(args.config)
-    vae = build_vae(config)
+    vae = build_model(config)
 
     best: dict = {"val_elbo": -math.inf, "state": None, "epoch": 0}
     start = time.perf_counter()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.cli.main import main as cli
+from pyro_vae.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from pyro_vae import load_checkpoint
-from pyro_vae.cli.main import main
+from pyro_vae.cli import main
 from pyro_vae.train.checkpoint import FORMAT, VERSION
 
 TINY = ["--hidden-dims", "32", "--latent-dim", "4", "--batch-size", "256", "--no-progress"]
@@ -112,7 +112,7 @@ def test_resume_with_another_model_names_the_field(run_dir, args, message, capsy
         (["--dataset", "mnist"], "needs --data-dir"),
         (["--dataset", "file"], "needs --data-file"),
         (["--resume", "/nonexistent/run"], "does not exist"),
-        (["--latent-dim", "0"], "latent_dim must be"),
+        (["--latent-dim", "0"], "--latent-dim must be"),
         (["--batch-size", "100000"], "larger than"),
         (["--likelihood", "bernoulli", "--binarize", "none"], "Binarize"),
     ],
@@ -140,7 +140,7 @@ def test_half_written_run_directories(tmp_path, capsys):
 def test_unwritable_output_fails_before_training(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert train(tmp_path / "file" / "run") == 2
-    assert "not writable" in capsys.readouterr().err
+    assert "Cannot write the run directory" in capsys.readouterr().err
 
 
 def test_module_entry_point_help():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyro_vae.cli.main import main
+from pyro_vae.cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMALL = ["--epochs", "1", "--hidden-dims", "16", "--latent-dim", "2", "--batch-size", "32"]
@@ -176,10 +176,10 @@ def trained_run(tmp_path_factory):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["evaluate", "--num-samples", "0"], "--num-samples must be >= 1"),
-        (["evaluate", "--batch-size", "0"], "--batch-size must be >= 1"),
-        (["ppc", "--num-samples", "-3"], "--num-samples must be >= 1"),
-        (["sample", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["evaluate", "--num-samples", "0"], "--num-samples must be an integer >= 1"),
+        (["evaluate", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["ppc", "--num-samples", "-3"], "--num-samples must be an integer >= 1"),
+        (["sample", "--num-samples", "0"], "--num-samples must be an integer >= 1"),
         (["sample", "--label", "12"], "12"),
         (["sample", "--label", "-1"], "-1"),
     ],

@@ -9,7 +9,7 @@ import arviz as az
 import pytest
 from torchvision.io import decode_png, read_file
 
-from pyro_vae.cli.main import main
+from pyro_vae.cli import main
 
 TINY = ["--hidden-dims", "32", "--latent-dim", "4", "--batch-size", "256", "--no-progress"]
 

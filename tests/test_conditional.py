@@ -159,7 +159,7 @@ def test_condition_on_labels_wraps_existing_parts():
 
 
 def test_cli_trains_a_cvae_and_samples_a_chosen_label(bundled, small_cli_args, tmp_path, capsys):
-    from pyro_vae.cli.main import main
+    from pyro_vae.cli import main
 
     x = bundled["train"].tensors[0]
     out = tmp_path / "cvae"

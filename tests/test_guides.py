@@ -200,8 +200,8 @@ def test_power_spherical_guide_outputs_unit_directions():
 
 
 def test_sphere_latent_reaches_the_decoder_with_unit_variance_coordinates():
-    from pyro_vae.cli.main import build_vae
     from pyro_vae.parts.nn import MLP, latent_input_scale
+    from pyro_vae.runs import RunConfig, build_model
 
     d = 16
     assert latent_input_scale(d, on_sphere=True) == pytest.approx(4.0)
@@ -210,21 +210,15 @@ def test_sphere_latent_reaches_the_decoder_with_unit_variance_coordinates():
     draws = z.rsample((20000,)) * latent_input_scale(d, True)  # kappa 0: uniform on S^15
     assert draws.pow(2).mean().item() == pytest.approx(1.0, rel=1e-5)  # |z|^2 = d exactly
     assert draws.var(0).mean().item() == pytest.approx(1.0, abs=0.03)
-    config = {
-        "x_shape": [1, 28, 28],
-        "latent_dim": d,
-        "hidden_dims": [8],
-        "likelihood": "bernoulli",
-        "network": "mlp",
-        "prior": "sphere",
-        "guide": "powerspherical",
-    }
-    decoder = build_vae(config).likelihood.decoder
+    config = RunConfig(
+        x_shape=[1, 28, 28], latent_dim=d, hidden_dims=[8], prior="sphere", guide="powerspherical"
+    )
+    decoder = build_model(config).likelihood.decoder
     plain = MLP(d, (8,), (1, 28, 28))
     plain.load_state_dict(decoder.state_dict())  # same parameters: the scale is a constant
     u = torch.nn.functional.normalize(torch.randn(5, d), dim=-1)
     torch.testing.assert_close(decoder(u), plain(4.0 * u))
-    assert build_vae({**config, "prior": "normal", "guide": "diagonal"}).likelihood.decoder(
+    assert build_model(config.replace(prior="normal", guide="diagonal")).likelihood.decoder(
         u
     ).shape == (5, 1, 28, 28)
     with pytest.raises(ValueError, match="input_scale"):

@@ -324,7 +324,7 @@ def test_score_function_loss_value_is_the_elbo_and_trains_a_vae(binary):
 
 
 def test_cli_objective_flags(small_cli_args, tmp_path, capsys):
-    from pyro_vae.cli.main import main
+    from pyro_vae.cli import main
 
     common = small_cli_args
     assert (

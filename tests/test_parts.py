@@ -208,15 +208,15 @@ TINY = ["--hidden-dims", "32", "--latent-dim", "4", "--batch-size", "256", "--no
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--prior", "sphere"], "--prior sphere needs --guide powerspherical"),
-        (["--guide", "powerspherical"], "--guide powerspherical needs --prior sphere"),
+        (["--prior", "sphere"], "--prior sphere cannot be paired with --guide diagonal"),
+        (["--guide", "powerspherical"], "--prior normal cannot be paired with --guide power"),
         (["--prior", "vamp", "--guide", "iaf"], "--prior vamp cannot use --guide iaf"),
         (["--prior", "sphere", "--guide", "powerspherical", "--latent-dim", "1"], ">= 2"),
-        (["--prior", "mog", "--components", "0"], "num_components must be"),
+        (["--prior", "mog", "--components", "0"], "--components must be an integer >= 1"),
     ],
 )
 def test_cli_refuses_invalid_parts_with_the_fix(argv, message, tmp_path, capsys):
-    from pyro_vae.cli.main import main
+    from pyro_vae.cli import main
 
     assert main(["train", "--epochs", "1", *TINY, "--out", str(tmp_path / "r"), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -225,7 +225,8 @@ def test_cli_refuses_invalid_parts_with_the_fix(argv, message, tmp_path, capsys)
 def test_cli_trains_and_resumes_a_vamp_prior_and_reports_bits_per_dim(bundled, tmp_path, capsys):
     import json
 
-    from pyro_vae.cli.main import load_run, main
+    from pyro_vae.cli import main
+    from pyro_vae.runs import load_run
 
     x, y = (t[:400] for t in bundled["train"].tensors)
     torch.save({"x": x, "y": y}, tmp_path / "small.pt")
@@ -235,9 +236,11 @@ def test_cli_trains_and_resumes_a_vamp_prior_and_reports_bits_per_dim(bundled, t
     assert main([*argv, "--epochs", "1", "--out", str(out)]) == 0
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((out / "test.json").read_text())["epochs"] == 2
-    vae, config = load_run(out)
+    run = load_run(out)
+    vae, config = run.module, run.config
     assert isinstance(vae.prior, VampPrior) and vae.prior.guide is vae.posterior
-    assert (config["prior"], config["guide"], config["components"]) == ("vamp", "fullcov", 3)
+    assert (config.prior, config.guide, config.options["components"]) == ("vamp", "fullcov", 3)
+    assert [r["epoch"] for r in run.history] == [1, 2]
     assert main(["train", "--resume", str(out), "--prior", "mog", "--no-progress"]) == 2
     assert "prior='vamp'" in capsys.readouterr().err
 

@@ -21,7 +21,7 @@ from pyro_vae import (
     load_binarized_mnist,
     load_tensor_file,
 )
-from pyro_vae.cli.main import main
+from pyro_vae.cli import main
 
 FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 

@@ -81,6 +81,55 @@ def as_images(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def is_image(item_shape: tuple[int, ...] | list[int] | torch.Size) -> bool:
+    """Whether items of this shape are shown as images: ``(C, H, W)`` with 1 or 3
+    channels, ``(H, W)``, or 784-vectors (flattened MNIST)."""
+    shape = tuple(item_shape)
+    return (len(shape) == 3 and shape[0] in (1, 3)) or len(shape) == 2 or shape == (784,)
+
+
+def save_feature_histograms(
+    data: torch.Tensor, generated: torch.Tensor, path: str | os.PathLike, max_features: int = 16
+) -> None:
+    """Histograms of the first ``max_features`` features of the data and of generated
+    rows, one panel per feature, for data that are not images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    data = data.detach().cpu().reshape(data.shape[0], -1).float()
+    generated = generated.detach().cpu().reshape(generated.shape[0], -1).float()
+    n = min(max_features, data.shape[1])
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows), squeeze=False)
+    for j, ax in enumerate(axes.flat):
+        if j >= n:
+            ax.axis("off")
+            continue
+        ax.hist(data[:, j].numpy(), bins=30, density=True, alpha=0.5, label="data")
+        ax.hist(generated[:, j].numpy(), bins=30, density=True, alpha=0.5, label="generated")
+        ax.set_xlabel(f"feature {j}")
+        ax.set_ylabel("density")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def save_rows(x: torch.Tensor, stem: str | os.PathLike) -> list[Path]:
+    """Write generated rows as ``STEM.npz`` (array ``x``) and ``STEM.csv``."""
+    import numpy as np
+
+    array = x.detach().cpu().reshape(x.shape[0], -1).numpy()
+    npz, csv = Path(f"{stem}.npz"), Path(f"{stem}.csv")
+    np.savez(npz, x=array)
+    header = ",".join(f"feature_{j}" for j in range(array.shape[1]))
+    np.savetxt(csv, array, delimiter=",", header=header, comments="")
+    return [npz, csv]
+
+
 def save_images(x: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> None:
     """Save a batch as one PNG grid (values clipped to [0, 1])."""
     grid = make_grid(as_images(x.detach().cpu()).clamp(0, 1), nrow=nrow, padding=2, pad_value=1)
@@ -297,6 +346,19 @@ def save_figures(
         )
     paths = []
     template = x[:1].expand(num_samples, *x.shape[1:])
+    if not is_image(x.shape[1:]):  # tables, counts: rows and per-feature histograms
+        generated = (
+            samples_by_label(model, x, [label], num_samples)
+            if label is not None
+            else (prior_means(model, template, _rows(y, num_samples) if conditional else None))
+        )
+        paths += save_rows(generated, out / "samples")
+        paths.append(out / "samples_histograms.png")
+        save_feature_histograms(x, generated, paths[-1])
+        paths.append(out / "latent_scatter.png")
+        m = min(2000, x.shape[0])
+        latent_scatter(guide, x[:m], _rows(y, m), paths[-1], conditional=conditional)
+        return paths
     if conditional:
         classes = sorted(int(c) for c in y.unique())
         paths.append(out / "samples_by_label.png")

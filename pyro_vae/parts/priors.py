@@ -109,19 +109,25 @@ class Prior(Part, PyroModule):
         space = guide_space if cls.latent_space == "guide" else cls.latent_space
         if guide_space != space:
             raise ValueError(
-                f"The {cls.part_name} prior has a density on the {_SPACES[space]}, but the "
-                f"{guide_cls.part_name} guide puts z on the {_SPACES[guide_space]}: the ELBO "
-                f"of this pair bounds nothing. Choose a guide on the {_SPACES[space]} "
-                f"({', '.join(_guides_on(space))}) or another prior."
+                f"--prior {cls.part_name} cannot be paired with --guide {guide_cls.part_name}: "
+                f"the prior has a density on the {_SPACES[space]}, but the guide puts z on the "
+                f"{_SPACES[guide_space]}, so the ELBO of this pair bounds nothing. Choose a "
+                f"guide on the {_SPACES[space]} ({', '.join(_guides_on(space))}) or another "
+                "prior."
             )
         if cls.needs_mixable_guide and not getattr(guide_cls, "mixable", True):
             raise ValueError(
-                f"The {cls.part_name} prior mixes the guide's posteriors, which the "
-                f"{guide_cls.part_name} guide cannot provide; choose another guide."
+                f"--prior {cls.part_name} cannot use --guide {guide_cls.part_name}: the prior "
+                "mixes the guide's posteriors, and a mixture of these is not a distribution "
+                f"here; choose a guide with mixable posteriors ({', '.join(_mixable())})."
             )
 
 
 _SPACES = {"euclidean": "Euclidean space R^d", "sphere": "unit sphere S^(d-1)"}
+
+
+def _mixable() -> list[str]:
+    return [n for n, c in registered("guide").items() if c.mixable]
 
 
 def _guides_on(space: str) -> list[str]:

@@ -1,0 +1,297 @@
+"""``RunConfig``: every option of a run, declared once, validated before anything is written.
+
+A run configuration round-trips through ``config.json`` (:meth:`RunConfig.to_dict`,
+:meth:`RunConfig.from_dict`). Part options (``--components``, ``--scale``, ...) are not
+fields here: each part declares its own (:class:`~pyro_vae.parts.registry.Option`), and
+they live in :attr:`RunConfig.options`, flattened into ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyro_vae._checks import check_count, check_number
+from pyro_vae.objectives import OBJECTIVES, make_objective
+from pyro_vae.parts import get_part, part_options, registered
+
+__all__ = ["DATASETS", "MODEL_FIELDS", "RunConfig"]
+
+DATASETS = ("bundled", "mnist", "fashion-mnist", "binarized-mnist", "file")
+NETWORKS = ("mlp", "conv")
+BINARIZATIONS = ("dynamic", "static", "none")
+MODELS = ("vae", "m2")
+#: fields that define the model and its data; a resumed run must keep them
+MODEL_FIELDS = (
+    "model",
+    "dataset",
+    "data_file",
+    "likelihood",
+    "binarize",
+    "network",
+    "latent_dim",
+    "hidden_dims",
+    "prior",
+    "guide",
+    "conditional",
+    "labels",
+    "seed",
+)
+
+
+@dataclass
+class RunConfig:
+    """The options of one run of ``pyro-vae train`` (or ``semisupervised``).
+
+    Defaults are those of ``pyro-vae train``. Derived fields (``x_shape``,
+    ``num_classes``) are filled from the data when the run starts.
+    """
+
+    # what is trained
+    model: str = "vae"
+    # data
+    dataset: str = "bundled"
+    data_dir: str | None = None
+    data_file: str | None = None
+    download: bool = False
+    binarize: str | None = None
+    # parts
+    likelihood: str = "bernoulli"
+    network: str = "mlp"
+    latent_dim: int = 20
+    hidden_dims: list[int] = field(default_factory=lambda: [400])
+    prior: str = "normal"
+    guide: str = "diagonal"
+    conditional: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    # objective
+    objective: str = "elbo"
+    num_particles: int = 1
+    beta: float = 1.0
+    warmup_steps: int = 0
+    free_bits: float = 0.0
+    score_function: bool = False
+    # semi-supervised (model "m2")
+    labels: int | None = None
+    aux_weight: float = 50.0
+    time_budget: float | None = None
+    # run
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    device: str = "cpu"
+    seed: int = 0
+    out: str | None = None
+    # derived from the data
+    x_shape: list[int] | None = None
+    num_classes: int | None = None
+    world_size: int | None = None
+
+    # ------------------------------------------------------------------ round trip
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat JSON-able dict: the fields, with the part options at the top level."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        options = out.pop("options")
+        out.update(self.resolved_options() if options is not None else {})
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config", partial: bool = False) -> RunConfig:
+        """Parse a dict as written by :meth:`to_dict`.
+
+        :param data: the parsed JSON.
+        :param source: what to call it in error messages (e.g. the file's path).
+        :param partial: allow missing fields (they take their defaults), as for
+            ``pyro-vae train --config FILE``; otherwise every field a run wrote must be
+            present.
+        :raises ValueError: naming the key that is missing, unknown or of the wrong type.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}.")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        known_options = part_options()
+        values: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in names:
+                values[key] = _coerce(key, value, hints[key], source)
+            elif key in known_options:
+                option = known_options[key]
+                options[key] = _coerce(key, value, option.type, source)
+            elif key == "options" and isinstance(value, dict):
+                for name, v in value.items():
+                    if name not in known_options:
+                        raise ValueError(f"{source}: unknown part option {name!r}.")
+                    options[name] = _coerce(name, v, known_options[name].type, source)
+            elif key in ("resume", "no_progress", "command", "config", "overwrite"):
+                continue  # command-line actions, not options of the run
+            else:
+                raise ValueError(
+                    f"{source} has an unknown key {key!r}; remove it (known keys: "
+                    f"{', '.join(sorted(names | set(known_options)))})."
+                )
+        if not partial:
+            required = set(MODEL_FIELDS) - {"labels"}
+            missing = sorted(k for k in required if k not in values)
+            if missing:
+                raise ValueError(
+                    f"{source} lacks {', '.join(missing)}: it was not written by this "
+                    "version of pyro-vae, or it was edited; restore the key(s)."
+                )
+        return cls(**values, options=options)
+
+    @classmethod
+    def read(cls, path: str | Path, *, partial: bool = False) -> RunConfig:
+        """Read a ``config.json`` file (see :meth:`from_dict`)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ValueError(f"{path} does not exist.") from None
+        except OSError as e:
+            raise ValueError(f"{path} cannot be read ({e.strerror}).") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path} is not valid JSON ({e}): the file is half-written or damaged."
+            ) from None
+        return cls.from_dict(data, source=str(path), partial=partial)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (part options by name go to ``options``)."""
+        options = dict(self.options)
+        fields = {f.name for f in dataclasses.fields(self)}
+        for key in list(changes):
+            if key not in fields:
+                options[key] = changes.pop(key)
+        return dataclasses.replace(self, **changes, options=options)
+
+    # ------------------------------------------------------------------ validation
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The options of this run's parts, each given value or its declared default."""
+        used = {}
+        for kind, name in (("prior", self.prior), ("likelihood", self.likelihood)):
+            used.update({o.name: o for o in get_part(kind, name).options})
+        used.update({o.name: o for o in get_part("guide", self.guide).options})
+        return {name: self.options.get(name, o.default) for name, o in used.items()}
+
+    def validate(self) -> RunConfig:
+        """Check every field and every combination; return ``self``.
+
+        :raises ValueError: naming the option and the fix, before anything is written.
+        """
+        _choice("model", self.model, MODELS)
+        _choice("--dataset", self.dataset, DATASETS)
+        _choice("--network", self.network, NETWORKS)
+        if self.binarize is not None:
+            _choice("--binarize", self.binarize, BINARIZATIONS)
+        _choice("--objective", self.objective, tuple(OBJECTIVES))
+        prior_cls = get_part("prior", self.prior)
+        guide_cls = get_part("guide", self.guide)
+        get_part("likelihood", self.likelihood)
+        check_count("--latent-dim", self.latent_dim)
+        if not self.hidden_dims:
+            raise ValueError("--hidden-dims needs at least one width, e.g. --hidden-dims 400.")
+        for h in self.hidden_dims:
+            check_count("--hidden-dims (each width)", h)
+        check_count("--epochs", self.epochs, minimum=0)
+        check_count("--batch-size", self.batch_size)
+        check_count("--num-particles", self.num_particles)
+        check_number("--lr", self.lr, positive=True)
+        check_number("--seed", self.seed, integer=True, minimum=0)
+        known = part_options()
+        for name, value in self.options.items():
+            if name not in known:
+                raise ValueError(f"Unknown part option {name!r}.")
+            known[name].check(value)
+        for name in set(self.options) - set(self.resolved_options()):
+            if self.options[name] != known[name].default:
+                users = [
+                    n
+                    for k in ("prior", "likelihood", "guide")
+                    for n, c in registered(k).items()
+                    if any(o.name == name for o in c.options)
+                ]
+                raise ValueError(
+                    f"{known[name].flag} has no effect with this model; it is read by: "
+                    f"{', '.join(users)}."
+                )
+        if self.conditional:
+            if self.prior != "normal" or self.network == "conv":
+                raise ValueError(
+                    "--conditional uses its own learned class-conditional Gaussian prior and "
+                    "MLP networks; drop --prior and use --network mlp."
+                )
+        else:
+            prior_cls.check_guide(guide_cls)
+        if self.model == "m2":
+            if self.labels is None:
+                raise ValueError("The semi-supervised model needs --labels N.")
+            check_count("--labels", self.labels)
+            check_number("--aux-weight", self.aux_weight, minimum=0)
+        if self.time_budget is not None:
+            check_number("--time-budget", self.time_budget, positive=True)
+        if self.dataset == "file" and not self.data_file:
+            raise ValueError("--dataset file needs --data-file PATH (.npy, .npz or .pt).")
+        self.make_objective()  # refuses combinations such as iwae with --beta
+        return self
+
+    def make_objective(self) -> Any:
+        """The objective of this run (an :class:`~pyro.infer.ELBO`)."""
+        return make_objective(
+            self.objective,
+            self.num_particles,
+            beta=self.beta,
+            warmup_steps=self.warmup_steps,
+            free_bits=self.free_bits,
+            score_function=self.score_function,
+        )
+
+    def resolve_binarize(self) -> RunConfig:
+        """Fill ``binarize`` when it was not given: dynamic for the Bernoulli likelihood
+        on grayscale data, none otherwise."""
+        if self.binarize is None:
+            grayscale = self.dataset != "binarized-mnist"
+            self.binarize = "dynamic" if self.likelihood == "bernoulli" and grayscale else "none"
+        return self
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Check ``value`` against the field's type (``int | None``, ``list[int]``, ...)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        origin = typing.get_origin(kind)
+        if origin is list and isinstance(value, list):
+            (item,) = typing.get_args(kind)
+            if all(_is(v, item) for v in value):
+                return list(value)
+        elif origin is None and kind is not type(None) and _is(value, kind):
+            return float(value) if kind is float else value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ValueError(f"{source}: {key!r} must be {names}, got {value!r}.")
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is dict:
+        return isinstance(value, dict)
+    return isinstance(value, kind)

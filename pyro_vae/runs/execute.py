@@ -1,0 +1,300 @@
+"""Carry out a run: validate, load the data, build the model, train with
+:func:`~pyro_vae.fit`, score the test split and write the figures.
+
+The command line calls :func:`train_run`; Python users can too::
+
+    from pyro_vae.runs import RunConfig, train_run
+    metrics = train_run(RunConfig(epochs=5, out="runs/demo"))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_vae import distributed
+from pyro_vae.check.evaluate import elbo_terms
+from pyro_vae.check.viz import (
+    is_image,
+    prior_means,
+    reconstruction_means,
+    save_feature_histograms,
+    save_images,
+    save_reconstructions,
+    save_rows,
+)
+from pyro_vae.models.semisupervised import classification_accuracy, split_labelled
+from pyro_vae.parts import get_part
+from pyro_vae.parts.likelihoods import bits_per_dim
+from pyro_vae.rundir import RunDirectory
+from pyro_vae.runs.build import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    build_model,
+    load_splits,
+    num_classes,
+    prepare,
+)
+from pyro_vae.runs.config import MODEL_FIELDS, RunConfig
+from pyro_vae.train.loop import fit
+
+__all__ = ["resume_config", "train_run"]
+
+Log = Callable[[str], None]
+
+
+def resume_config(run_dir: str | Path, given: dict[str, Any]) -> RunConfig:
+    """The configuration to resume ``run_dir`` with: the saved one, with the options the
+    user gave again (``given``) applied where that cannot corrupt the run.
+
+    :raises ValueError: naming the option when it would change the model or its data.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"Run directory {path} does not exist; check the --resume path.")
+    if not (path / CONFIG_NAME).exists():
+        raise ValueError(
+            f"{path} has no {CONFIG_NAME}: it is not a run directory; start a new run with "
+            "--out instead."
+        )
+    saved = RunConfig.read(path / CONFIG_NAME)
+    if not (path / CHECKPOINT_NAME).exists():
+        raise ValueError(
+            f"{path} has no {CHECKPOINT_NAME}: the run stopped before its first checkpoint; "
+            f"start it again with --out {path} --overwrite."
+        )
+    saved_dict = saved.to_dict()
+    for key, value in given.items():
+        if key in MODEL_FIELDS and value != saved_dict.get(key):
+            raise ValueError(
+                f"--{key.replace('_', '-')} {value} does not match the run being resumed, "
+                f"which has {key}={saved_dict.get(key)!r}; drop the option or start a new run."
+            )
+        if key in saved.resolved_options() and value != saved_dict.get(key):
+            raise ValueError(
+                f"--{key.replace('_', '-')} {value} would change the model of the run "
+                f"being resumed ({key}={saved_dict.get(key)!r}); start a new run."
+            )
+    changes = {k: v for k, v in given.items() if k not in ("out", "resume")}
+    return saved.replace(**changes, out=str(path))
+
+
+def train_run(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Log = print,
+) -> dict[str, Any] | None:
+    """Train the run ``config`` describes and write its run directory.
+
+    Everything is validated, and the data loaded and checked, before the first file is
+    written.
+
+    :param config: the run; ``config.out`` is the run directory.
+    :param resume: continue the checkpoint in ``config.out``.
+    :param overwrite: replace a run already in ``config.out`` (it is moved aside to
+        ``OUT.old-<time>``, not deleted); without it a non-empty directory is refused.
+    :param progress: show the progress bar and per-epoch lines.
+    :param log: where the summary lines go.
+    :returns: the test metrics (also written to ``test.json``), or ``None`` when training
+        was interrupted (the checkpoint is then resumable).
+    """
+    started = time.perf_counter()
+    config.resolve_binarize()
+    config.validate()
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it; give one.")
+    ctx = distributed.context()
+    if config.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config.out = str(Path("runs") / f"{config.model}-{config.dataset}-{stamp}")
+    if ctx is not None:  # one run directory, rank 0's; the world size is part of the run
+        shared = [config.out]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        config.out, config.world_size = shared[0], ctx.world_size
+    train_ds, transform, valid, test = prepare(load_splits(config), config)
+    x_shape = list(train_ds.tensors[0].shape[1:])
+    if config.x_shape is not None and config.x_shape != x_shape:
+        raise ValueError(
+            f"The data items have shape {x_shape} but the run was trained on {config.x_shape}; "
+            "resume with the original data."
+        )
+    config.x_shape = x_shape
+    if config.conditional or config.model == "m2":
+        what = "--conditional" if config.conditional else "semisupervised"
+        config.num_classes = num_classes(train_ds, what)
+    module = build_model(config)
+    check = getattr(module, "check_data", None)
+    if check is not None and transform is None:
+        check(train_ds.tensors[0])
+    main_rank = ctx is None or ctx.is_main
+    data, validation, callbacks = _training_data(config, train_ds, valid, module, log)
+    # Everything is checked: only now is the run directory opened (locked) and written.
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    owner = RunDirectory.open(config.out, mode) if main_rank else None
+    try:
+        return _train(
+            config,
+            module,
+            owner,
+            data,
+            validation,
+            callbacks,
+            transform,
+            test,
+            resume,
+            progress,
+            log,
+            started,
+        )
+    finally:
+        if owner is not None:
+            owner.close()
+
+
+def _train(
+    config: RunConfig,
+    module: Any,
+    owner: RunDirectory | None,
+    data: Any,
+    validation: Any,
+    callbacks: list[Any],
+    transform: Any,
+    test: Any,
+    resume: bool,
+    progress: bool,
+    log: Log,
+    started: float,
+) -> dict[str, Any] | None:
+    ctx = distributed.context()
+    main_rank = owner is not None
+    train_n = len(data) if hasattr(data, "__len__") else "?"
+    if owner is not None:
+        owner.start(config.to_dict())
+        if owner.message:
+            log(owner.message)
+    if main_rank:
+        log(
+            f"Training {config.model} on {config.dataset} ({train_n} train / "
+            f"{len(test)} test), run directory {config.out}"
+            + (f", {ctx.world_size} processes" if ctx is not None else "")
+        )
+    run_dir = Path(config.out)
+    history = fit(
+        module.model,
+        module.guide,
+        data,
+        objective=_objective(config),
+        num_particles=config.num_particles,
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        validation_data=validation,
+        device=config.device,
+        seed=config.seed,
+        transform=transform,
+        callbacks=callbacks,
+        run_dir=run_dir,
+        resume=run_dir / CHECKPOINT_NAME if resume else None,
+        config=config.to_dict(),
+        progress=progress,
+    )
+    if history.interrupted:
+        return None
+    if not main_rank:
+        return {}  # rank 0 alone evaluates and writes the figures
+    metrics = _test_metrics(config, module, test, history, log)
+    metrics["wall_seconds"] = time.perf_counter() - started
+    owner.write_json("test.json", metrics)
+    log(f"wrote {run_dir}")
+    return metrics
+
+
+def _objective(config: RunConfig) -> Any:
+    if config.model == "m2":
+        from pyro_vae.objectives import SemiSupervisedELBO
+
+        return SemiSupervisedELBO(aux_weight=config.aux_weight)
+    return config.make_objective()
+
+
+def _training_data(
+    config: RunConfig, train_ds: Any, valid: Any, module: Any, log: Log
+) -> tuple[Any, Any, list[Any]]:
+    """The data ``fit`` trains on, its validation data and the callbacks of the run."""
+    callbacks: list[Any] = []
+    if config.time_budget is not None:
+        deadline = time.perf_counter() + config.time_budget
+        callbacks.append(lambda record: time.perf_counter() > deadline)
+    if config.model != "m2":
+        return train_ds, valid, callbacks
+    from pyro_vae.train.batches import SemiSupervisedData
+
+    x, y = train_ds.tensors
+    labelled, unlabelled = split_labelled(x, y, config.labels, config.num_classes, config.seed)
+    x_valid, y_valid = valid.tensors
+
+    def accuracy(record: dict[str, float]) -> None:
+        record["val_accuracy"] = classification_accuracy(module, x_valid, y_valid)
+
+    callbacks.insert(0, accuracy)
+    return SemiSupervisedData(labelled=labelled, unlabelled=unlabelled), None, callbacks
+
+
+def _test_metrics(
+    config: RunConfig, module: Any, test: Any, history: Any, log: Log
+) -> dict[str, Any]:
+    """Score the test split, write the figures and log one summary line."""
+    device = torch.device(config.device)
+    x_test, *rest = test.tensors
+    x_test = x_test.to(device)
+    y_test = rest[0].to(device) if rest else None
+    metrics: dict[str, Any] = {"num_test": len(test), "epochs": len(history)}
+    if config.model == "m2":
+        metrics["test_accuracy"] = classification_accuracy(module, x_test, y_test)
+        metrics["labels"] = config.labels
+        log(f"test accuracy {metrics['test_accuracy']:.4f} with {config.labels} labels")
+        return metrics
+    module.check_data(x_test)
+    terms = {
+        k: v.mean().item()
+        for k, v in elbo_terms(module.model, module.guide, x_test, y_test).items()
+    }
+    metrics.update(
+        test_elbo=terms["elbo"], test_reconstruction=terms["reconstruction"], test_kl=terms["kl"]
+    )
+    if get_part("likelihood", config.likelihood).discrete:
+        # a discrete likelihood: the negative ELBO bounds the code length
+        metrics["test_bits_per_dim"] = bits_per_dim(terms["elbo"], config.x_shape)
+    _figures(config, module, x_test, y_test)
+    log(
+        f"test ELBO {terms['elbo']:.2f} nats per example (reconstruction "
+        f"{terms['reconstruction']:.2f}, KL {terms['kl']:.2f}) on {len(test)} test examples"
+    )
+    if "test_bits_per_dim" in metrics:
+        log(f"test NLL bound {metrics['test_bits_per_dim']:.3f} bits/dim")
+    return metrics
+
+
+def _figures(config: RunConfig, module: Any, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    """Samples and reconstructions: image grids for images, per-feature histograms of
+    generated rows otherwise."""
+    run_dir = Path(config.out)
+    torch.manual_seed(config.seed)
+    labels = None if y is None else y[:64]  # a conditional model needs them
+    samples = prior_means(module.model, x[:64], labels)
+    if is_image(config.x_shape):
+        save_images(samples, run_dir / "samples.png")
+        recon = reconstruction_means(
+            module.model, module.guide, x[:32], None if y is None else y[:32]
+        )
+        save_reconstructions(x[:32], recon, run_dir / "reconstructions.png")
+    else:
+        save_rows(samples, run_dir / "samples")
+        save_feature_histograms(x, samples, run_dir / "samples_histograms.png")

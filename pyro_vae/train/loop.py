@@ -61,11 +61,17 @@ from pyro_vae.train.records import (
 from pyro_vae.train.state import TrainingState
 from pyro_vae.train.step import NAN_POLICIES, EpochMeter, Stepper
 
-__all__ = ["CHECKPOINT_NAME", "History", "TrainingDivergedError", "fit"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CONFIG_NAME",
+    "METRICS_NAME",
+    "History",
+    "TrainingDivergedError",
+    "fit",
+    "resolve_device",
+]
 
-# Names that other modules imported from here before the split.
-_writable_dir = writable_dir
-_ = (CONFIG_NAME, METRICS_NAME, resolve_device)
+_writable_dir = writable_dir  # imported from here before the split
 
 Callback = Callable[[dict[str, float]], bool | None]
 

@@ -18,7 +18,7 @@ from pyro_vae.data import (
     load_tensor_file,
     read_idx,
 )
-from pyro_vae.models.semisupervised import SemiSupervisedVAE, fit_semisupervised, split_labelled
+from pyro_vae.models.semisupervised import SemiSupervisedVAE, split_labelled
 from pyro_vae.models.vae import VAE, conditional_vae
 from pyro_vae.objectives import (
     IWAE,
@@ -53,6 +53,7 @@ from pyro_vae.parts.priors import (
 )
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.train.loop import History, TrainingDivergedError, fit
+from pyro_vae.train.semisupervised import fit_semisupervised
 
 __version__ = "0.1.0"
 

@@ -14,59 +14,43 @@ from pyro import poutine
 from pyro_vae import (
     VAE,
     BernoulliLikelihood,
-    ContinuousBernoulliLikelihood,
     DiagonalNormalGuide,
-    NormalLikelihood,
     StandardNormalPrior,
     elbo_terms,
     fit,
 )
-from pyro_vae.parts.guides import FullCovarianceNormalGuide, IAFGuide, PowerSphericalGuide
-from pyro_vae.parts.likelihoods import DiscretizedLogisticLikelihood
-from pyro_vae.parts.priors import (
-    FlowPrior,
-    LearnedNormalPrior,
-    MixtureOfGaussiansPrior,
-    UniformSpherePrior,
-    VampPrior,
-)
+from pyro_vae.parts import registered
+from pyro_vae.parts.priors import VampPrior
+from pyro_vae.runs import RunConfig, build_model
 
 X_SHAPE = (1, 28, 28)
-LIKELIHOODS = {
-    "bernoulli": (BernoulliLikelihood, {}),
-    "cbernoulli": (ContinuousBernoulliLikelihood, {}),
-    "normal": (NormalLikelihood, {"scale": 0.5}),
-    "normal-learned": (NormalLikelihood, {"scale": 0.5, "learn_scale": True}),
-    "dlogistic": (DiscretizedLogisticLikelihood, {}),
-}
-GUIDES = {
-    "diagonal": (DiagonalNormalGuide, {}),
-    "fullcov": (FullCovarianceNormalGuide, {}),
-    "iaf": (IAFGuide, {"num_flows": 2}),
-    "powerspherical": (PowerSphericalGuide, {}),
-}
-PRIORS = {
-    "normal": lambda d, guide: StandardNormalPrior(d),
-    "learned": lambda d, guide: LearnedNormalPrior(d),
-    "mog": lambda d, guide: MixtureOfGaussiansPrior(d, 3),
-    "vamp": lambda d, guide: VampPrior(guide, 3, X_SHAPE),
-    "flow": lambda d, guide: FlowPrior.mlp(d, 2, (16,)),
-    "sphere": lambda d, guide: UniformSpherePrior(d),
-}
-# (prior, guide, likelihood, network)
-CASES = [
-    *(
+# small settings of the part options, so that the contract runs fast
+SMALL_OPTIONS = {"components": 3, "flow_layers": 2, "scale": 0.5}
+
+
+def compatible(prior: str, guide: str) -> bool:
+    try:
+        registered("prior")[prior].check_guide(registered("guide")[guide])
+    except ValueError:
+        return False
+    return True
+
+
+def _cases() -> list[tuple[str, str, str, str]]:
+    """From the registry: every likelihood with both networks; every prior with the first
+    guide it accepts; every guide with the first prior that accepts it."""
+    priors, guides = list(registered("prior")), list(registered("guide"))
+    cases = [
         ("normal", "diagonal", lik, net)
-        for lik in ("bernoulli", "cbernoulli", "normal", "normal-learned")
+        for lik in registered("likelihood")
         for net in ("mlp", "conv")
-    ),
-    ("normal", "diagonal", "dlogistic", "mlp"),
-    *((prior, "diagonal", "bernoulli", "mlp") for prior in ("learned", "mog", "vamp", "flow")),
-    ("sphere", "powerspherical", "bernoulli", "mlp"),
-    ("normal", "fullcov", "bernoulli", "mlp"),
-    ("normal", "iaf", "bernoulli", "mlp"),
-    ("vamp", "fullcov", "cbernoulli", "mlp"),
-]
+    ]
+    cases += [(p, next(g for g in guides if compatible(p, g)), "bernoulli", "mlp") for p in priors]
+    cases += [(next(p for p in priors if compatible(p, g)), g, "bernoulli", "mlp") for g in guides]
+    return list(dict.fromkeys(cases))
+
+
+CASES = _cases()
 
 
 def make_vae(
@@ -75,25 +59,83 @@ def make_vae(
     latent_dim: int = 4,
     prior: str = "normal",
     guide: str = "diagonal",
+    **options,
 ) -> VAE:
-    cls, kwargs = LIKELIHOODS[likelihood]
-    guide_cls, guide_kwargs = GUIDES[guide]
-    if network == "mlp":
-        lik = cls.mlp(latent_dim, X_SHAPE, (32,), **kwargs)
-        q = guide_cls.mlp(X_SHAPE, latent_dim, (32,), **guide_kwargs)
-    else:
-        lik = cls.conv(latent_dim, X_SHAPE, **kwargs)
-        q = guide_cls.conv(latent_dim, feature_dim=32, **guide_kwargs)
-    return VAE(PRIORS[prior](latent_dim, q), lik, q)
-
-
-def data_for(likelihood: str, bundled) -> torch.Tensor:
-    x = bundled["train"].tensors[0][:64]
-    return (
-        torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
-        if (likelihood == "bernoulli")
-        else x
+    """Build a VAE the way the CLI does, from the registry (small networks)."""
+    config = RunConfig(
+        likelihood=likelihood,
+        network=network,
+        latent_dim=latent_dim,
+        hidden_dims=[32],
+        prior=prior,
+        guide=guide,
+        x_shape=list(X_SHAPE),
     )
+    used = config.resolved_options()
+    small = {k: v for k, v in {**SMALL_OPTIONS, **options}.items() if k in used}
+    return build_model(config.replace(**small).validate())
+
+
+def data_for(vae: VAE, bundled) -> torch.Tensor:
+    """Grayscale MNIST, or a binarization of it where the likelihood wants binary data."""
+    x = bundled["train"].tensors[0][:64]
+    try:
+        vae.check_data(x)
+    except ValueError:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+        vae.check_data(x)
+    return x
+
+
+def test_the_registry_declares_every_part():
+    """Every registered part names itself, says what it is, and builds from a config."""
+    for kind in ("prior", "likelihood", "guide"):
+        assert registered(kind), kind
+        for name, cls in registered(kind).items():
+            assert cls.part_name == name and cls.kind == kind
+            assert cls.summary, f"{kind} {name} has no summary"
+    assert {c[0] for c in CASES} == set(registered("prior"))
+    assert {c[1] for c in CASES} == set(registered("guide"))
+    assert {c[2] for c in CASES} == set(registered("likelihood"))
+
+
+def test_a_new_part_registers_itself_and_reaches_the_cli(tmp_path, capsys):
+    """Defining a part class is all it takes: the CLI offers it and trains with it."""
+    from pyro import distributions as dist
+
+    from pyro_vae.cli import main, parser
+    from pyro_vae.parts.priors import Prior
+    from pyro_vae.parts.registry import _REGISTRY
+
+    class WideNormalPrior(Prior):
+        """N(0, 4 I), a test part."""
+
+        part_name = "wide-test"
+        summary = "N(0, 4 I), defined inside a test"
+
+        def __init__(self, latent_dim: int) -> None:
+            super().__init__()
+            self.latent_dim = latent_dim
+            self.register_buffer("scale", torch.full((latent_dim,), 2.0))
+
+        def forward(self, y=None):
+            return (self.scale,)
+
+        def make_dist(self, scale):
+            return dist.Normal(torch.zeros_like(scale), scale).to_event(1)
+
+    try:
+        assert registered("prior")["wide-test"] is WideNormalPrior
+        out = tmp_path / "wide"
+        argv = ["train", "--prior", "wide-test", "--epochs", "1", "--out", str(out), *TINY]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert '"prior": "wide-test"' in (out / "config.json").read_text()
+        train_parser = parser()._subparsers._group_actions[0].choices["train"]
+        help_text = " ".join(train_parser.format_help().split())
+        assert "wide-test: N(0, 4 I), defined inside a test" in help_text
+    finally:
+        del _REGISTRY["prior"]["wide-test"]
+    assert "wide-test" not in registered("prior")
 
 
 @pytest.mark.parametrize(
@@ -104,7 +146,7 @@ def test_contract(prior, guide, likelihood, network, bundled, tmp_path):
     a checkpoint round trip."""
     vae = make_vae(likelihood, network, prior=prior, guide=guide)
     prior_before = [p.detach().clone() for p in vae.prior.parameters()]
-    x = data_for(likelihood, bundled)
+    x = data_for(vae, bundled)
     trace = poutine.trace(vae.model).get_trace(x)
     assert trace.nodes["z"]["value"].shape == (64, 4)
     assert trace.nodes["x"]["fn"].event_shape == X_SHAPE
@@ -139,7 +181,7 @@ def test_contract(prior, guide, likelihood, network, bundled, tmp_path):
 
 
 def test_learned_scale_is_trained(bundled):
-    vae = make_vae("normal-learned", "mlp")
+    vae = make_vae("normal", "mlp", learn_scale=True)
     x = bundled["train"].tensors[0][:256]
     scale0 = vae.likelihood.scale.detach().clone()
     fit(vae.model, vae.guide, x, epochs=30, batch_size=64, lr=1e-2, progress=False)

@@ -11,14 +11,14 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae import binarize
-from pyro_vae.cli.main import main
-from pyro_vae.cli.semisupervised import load_m2
+from pyro_vae.cli import main
 from pyro_vae.models.semisupervised import (
     SemiSupervisedVAE,
     classification_accuracy,
-    fit_semisupervised,
     split_labelled,
 )
+from pyro_vae.runs import load_run
+from pyro_vae.train.semisupervised import fit_semisupervised
 
 
 def test_enumerated_loss_is_the_m2_unlabelled_bound():
@@ -114,22 +114,23 @@ def test_cli_semisupervised_trains_saves_and_reloads(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1]
     # the saved weights reproduce the reported accuracy on the same binarized test set
-    m2, config = load_m2(out)
-    from pyro_vae import load_bundled_mnist
-
-    x_test, y_test = load_bundled_mnist()["test"].tensors
-    x_test = binarize(x_test, seed=config["seed"] + 2)
-    assert classification_accuracy(m2, x_test, y_test) == metrics["test_accuracy"]
+    run = load_run(out)
+    x_test, y_test = run.splits()["test"].tensors
+    assert classification_accuracy(run.module, x_test, y_test) == metrics["test_accuracy"]
+    assert [r["epoch"] for r in run.history] == [1] and "val_accuracy" in run.history[0]
+    # the run resumes exactly like a train run
+    assert main(["semisupervised", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert [r["epoch"] for r in load_run(out).history] == [1, 2]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--labels", "105"], "multiple of num_classes=10"),
-        (["--labels", "0"], "multiple of num_classes=10"),
+        (["--labels", "0"], "--labels must be an integer >= 1"),
         (["--labels", "9000"], "use fewer labels"),
-        (["--epochs", "0"], "--epochs must be >= 1"),
-        (["--time-budget", "-1"], "--time-budget must be > 0"),
+        (["--epochs", "-1"], "--epochs must be an integer >= 0"),
+        (["--time-budget", "-1"], "--time-budget must be a number > 0"),
         (["--dataset", "mnist"], "needs --data-dir"),
     ],
 )
@@ -137,7 +138,7 @@ def test_cli_semisupervised_bad_input_exits_2(tmp_path, capsys, args, message):
     out = tmp_path / "m2"
     assert main(["semisupervised", *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
-    assert not (out / "model.pt").exists()
+    assert not out.exists()  # a refused command writes nothing
 
 
 def test_cli_semisupervised_ctrl_c_keeps_the_last_epoch(tmp_path, interrupt_after_first_epoch):
@@ -147,6 +148,5 @@ def test_cli_semisupervised_ctrl_c_keeps_the_last_epoch(tmp_path, interrupt_afte
         [*args, "--no-progress", "--out", str(out)], out / "metrics.jsonl"
     )
     assert code == 130, text
-    assert "Traceback" not in text and "model.pt" in text
-    m2, _ = load_m2(out)  # the weights of a finished epoch load
-    assert isinstance(m2, SemiSupervisedVAE)
+    assert "Traceback" not in text and f"--resume {out}" in text
+    assert isinstance(load_run(out).module, SemiSupervisedVAE)  # a finished epoch loads

@@ -45,12 +45,10 @@ from pyro_vae import (
 from pyro_vae.check.diagnostics import posterior_means
 from pyro_vae.check.loglik import log_likelihood
 from pyro_vae.check.viz import as_images, decode_means, samples_by_label
-from pyro_vae.models.semisupervised import (
-    SemiSupervisedVAE,
-    classification_accuracy,
-    fit_semisupervised,
-)
-from pyro_vae.parts.conditional import conditional_guide, conditional_likelihood, conditional_vae
+from pyro_vae.models.semisupervised import SemiSupervisedVAE, classification_accuracy
+from pyro_vae.models.vae import conditional_vae
+from pyro_vae.parts.conditional import conditional_guide, conditional_likelihood
+from pyro_vae.train.semisupervised import fit_semisupervised
 
 plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (6, 3.5)})
 pyro.enable_validation(True)

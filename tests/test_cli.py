@@ -232,3 +232,38 @@ def test_truncated_checkpoint_is_refused(run_dir, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_resume_refuses_other_data_and_changes_nothing(tmp_path, capsys):
+    data = tmp_path / "table.pt"
+    x = torch.rand(120, 6, generator=torch.Generator().manual_seed(0))
+    torch.save({"x": x}, data)
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "file", "--data-file", str(data), "--likelihood", "normal"]
+    small = ["--hidden-dims", "8", "--latent-dim", "2", "--batch-size", "16", "--no-progress"]
+    assert main([*argv, *small, "--epochs", "1", "--out", str(out)]) == 0
+    before = _snapshot(out)
+    torch.save({"x": x + 1.0}, data)  # same path, other content
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--seed", "1", "--no-progress"]) == 2
+    assert "--seed 1 does not match" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    # the table gets rows and per-feature histograms instead of image grids
+    assert {"samples.npz", "samples.csv", "samples_histograms.png"} <= set(before)
+
+
+def test_out_holding_a_run_is_refused_and_overwrite_moves_it_aside(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out) == 0
+    before = _snapshot(out)
+    assert train(out) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    assert train(out, "--overwrite") == 0
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(moved) == 1 and _snapshot(moved[0]) == before

@@ -189,3 +189,29 @@ def option_users(name: str) -> list[str]:
         for part, cls in _REGISTRY[kind].items()
         if any(o.name == name for o in cls.options)
     ]
+
+
+def parts_table() -> str:
+    """The registered parts as a Markdown table (the README's parts table is this output):
+    kind, CLI name, summary, class, options and declared compatibility facts."""
+    rows = [
+        "| kind | `--name` | what it is | class | options | declared |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        for name, cls in _REGISTRY[kind].items():
+            options = ", ".join(f"`{o.flag}`" for o in cls.options) or "—"
+            facts = []
+            if kind in ("prior", "guide"):
+                facts.append(f"latent space: {cls.latent_space}")
+            if kind == "guide" and not cls.mixable:
+                facts.append("not mixable")
+            if kind == "prior" and cls.needs_mixable_guide:
+                facts.append("needs a mixable guide")
+            if kind == "likelihood":
+                facts.append("discrete" if cls.discrete else "continuous")
+            rows.append(
+                f"| {kind} | `{name}` | {cls.summary} | `{cls.__name__}` | {options} | "
+                f"{'; '.join(facts)} |"
+            )
+    return "\n".join(rows)

@@ -15,6 +15,7 @@ from pyro_vae.models.semisupervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts import BuildSpec, get_part
 from pyro_vae.parts.conditional import ConditionalNormalPrior, condition_on_labels
+from pyro_vae.rundir import bundled_data_files, data_fingerprint
 from pyro_vae.runs.config import RunConfig
 from pyro_vae.train.checkpoint import load_checkpoint, load_module_states
 
@@ -93,6 +94,24 @@ def prepare(
     transform = data_mod.DynamicBinarization(seed) if mode == "dynamic" else None
     train = splits["train"] if mode == "dynamic" else fixed(splits["train"], 0)
     return train, transform, fixed(splits["valid"], 1), fixed(splits["test"], 2)
+
+
+def fingerprint(config: RunConfig, splits: dict[str, TensorDataset]) -> dict[str, Any]:
+    """The data fingerprint of a run: the files it reads (by content), the split sizes,
+    the split seed and the binarization (:func:`pyro_vae.rundir.data_fingerprint`)."""
+    if config.dataset == "bundled":
+        files: Any = bundled_data_files()
+    elif config.dataset == "file":
+        files = config.data_file
+    else:
+        files = config.data_dir
+    return data_fingerprint(
+        files,
+        dataset=config.dataset,
+        split_sizes={k: len(v) for k, v in splits.items()},
+        split_seed=config.seed,
+        binarize=config.binarize,
+    )
 
 
 def num_classes(train: TensorDataset, what: str = "--conditional") -> int:

@@ -91,6 +91,9 @@ class RunConfig:
     x_shape: list[int] | None = None
     num_classes: int | None = None
     world_size: int | None = None
+    #: what the run trains on (files and their sha256, split sizes and seed, binarization);
+    #: a resumed run must find the same (:func:`pyro_vae.rundir.check_fingerprint`)
+    data_fingerprint: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ round trip
 
@@ -277,6 +280,8 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
         return None
     for kind in allowed:
         origin = typing.get_origin(kind)
+        if origin is dict and isinstance(value, dict):
+            return dict(value)
         if origin is list and isinstance(value, list):
             (item,) = typing.get_args(kind)
             if all(_is(v, item) for v in value):

@@ -30,11 +30,12 @@ from pyro_vae.check.viz import (
 from pyro_vae.models.semisupervised import classification_accuracy, split_labelled
 from pyro_vae.parts import get_part
 from pyro_vae.parts.likelihoods import bits_per_dim
-from pyro_vae.rundir import RunDirectory
+from pyro_vae.rundir import RunDirectory, check_fingerprint
 from pyro_vae.runs.build import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     build_model,
+    fingerprint,
     load_splits,
     num_classes,
     prepare,
@@ -118,7 +119,13 @@ def train_run(
         shared = [config.out]
         torch.distributed.broadcast_object_list(shared, src=0)
         config.out, config.world_size = shared[0], ctx.world_size
-    train_ds, transform, valid, test = prepare(load_splits(config), config)
+    splits = load_splits(config)
+    config.resolve_binarize()
+    current = fingerprint(config, splits)
+    if resume and config.data_fingerprint is not None:
+        check_fingerprint(config.data_fingerprint, current)
+    config.data_fingerprint = current
+    train_ds, transform, valid, test = prepare(splits, config)
     x_shape = list(train_ds.tensors[0].shape[1:])
     if config.x_shape is not None and config.x_shape != x_shape:
         raise ValueError(

@@ -70,13 +70,15 @@ def as_xy(data: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
 
 
 def check_x(x: torch.Tensor, what: str) -> None:
-    """Refuse empty, integer or non-finite data with a message naming the fix."""
+    """Refuse empty, non-numeric or non-finite data with a message naming the fix.
+
+    Integer data pass: whether a model accepts them (counts) is the likelihood's decision
+    (its ``check_data``), not the training loop's."""
     if x.shape[0] == 0:
         raise ValueError(f"The {what} is empty; pass at least one example.")
-    if not torch.is_floating_point(x):
+    if x.dtype == torch.bool or x.is_complex():
         raise ValueError(
-            f"The {what} has integer dtype {x.dtype}; convert it with x.float() (and scale "
-            "8-bit pixels to [0, 1] with x / 255)."
+            f"The {what} has dtype {x.dtype}; pass real numbers (e.g. x.float() for 0/1 data)."
         )
     finite = torch.isfinite(x)
     if not finite.all():

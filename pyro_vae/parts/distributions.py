@@ -468,9 +468,9 @@ class IndependentBernoulli(PyroIndependent):
     example, as in importance sampling and IWAE), this class uses the formula above
     instead: one pass for :math:`\sum_i \mathrm{softplus}(\ell_i)` and, without
     gradients, one batched matrix product for :math:`x^\top \ell` (with gradients, a
-    product and a sum, whose backward is cheaper). Measured on 2 CPU threads, ``(100, 100,
-    784)`` logits without gradients: 0.036 s against 0.064 s. When ``x`` has the logits'
-    shape (plain training) the cross-entropy is as fast and is kept. Everything else
+    product and a sum, whose backward is cheaper), which is the faster of the two for
+    that shape (``benchmarks/eval_speed.py`` measures it). When ``x`` has the logits'
+    shape (plain training) the cross-entropy is kept. Everything else
     (sampling, ``mean``, ``support``, ``expand``) is that of
     :class:`~pyro.distributions.Independent`.
 

@@ -336,13 +336,11 @@ class PowerSphericalGuide(Guide):
     :math:`\frac{d-1}{2} \log \kappa`, and unlike a Gaussian's mean, the direction
     carries no information once :math:`\kappa \ll d`. A point on :math:`S^{d-1}` has
     coordinates of variance :math:`1/d`, so a decoder fed :math:`z` as it is learns to
-    read it slowly and the KL wins: on the bundled MNIST (MLP 400, Adam 1e-3, 10 epochs,
-    :math:`d = 20`) the model collapsed (KL 2.1 nats, test ELBO -201.6; KL warm-up over
-    600 steps did not help: -199.2). Give the decoder the input scale :math:`\sqrt{d}`
-    (``input_scale`` of the likelihood's ``mlp``/``conv``, from
-    :func:`~pyro_vae.parts.nn.latent_input_scale`), as the CLI does: the same run then trained
-    (KL 17.7, test ELBO -143.7); at :math:`d = 64` it reached -184.2 (KL 8.0) in 10
-    epochs, slower than a Gaussian latent.
+    read it slowly and the KL wins, collapsing the posterior to the prior. Give the decoder
+    the input scale :math:`\sqrt{d}` (``input_scale`` of the likelihood's
+    ``mlp``/``conv``, from :func:`~pyro_vae.parts.nn.latent_input_scale`; the guide declares
+    it as :attr:`Guide.input_scale`), as the run builder does. The measured effect is in
+    the README's parts results (``benchmarks/parts.py``).
 
     :param encoder: network mapping ``(*batch, *x_shape)`` to ``(*batch, latent_dim + 1)``.
     :param latent_dim: the ambient dimension :math:`d \ge 2`.

@@ -2,8 +2,8 @@ r"""Captured training steps: the ELBO and its gradient replayed as one recorded 
 
 Every Pyro training step re-runs the model and the guide under Pyro's effect handlers:
 traces, messengers, site dicts, distribution objects. For a small network that Python
-work, not the arithmetic, dominates the step (about 2–3 ms on two CPU cores for the
-784-400-50 MLP VAE). When the program's structure does not change from step to step, the
+work, not the arithmetic, dominates the step (``benchmarks/throughput.py`` measures
+how much). When the program's structure does not change from step to step, the
 same sequence of tensor operations runs every time; only the data, the parameters and the
 random draws differ. :class:`CapturedStep` records that sequence once, forward and backward,
 with :func:`torch.fx.experimental.proxy_tensor.make_fx`, and replays it on later batches.

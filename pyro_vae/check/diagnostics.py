@@ -23,7 +23,7 @@ from pyro import poutine
 from torch.distributions import kl_divergence
 
 from pyro_vae.inference.particles import max_plate_nesting, particle_traces, per_example_values
-from pyro_vae.inference.sites import label_kwargs
+from pyro_vae.inference.sites import label_kwargs, replayed_traces
 
 __all__ = [
     "LatentDiagnostics",
@@ -57,10 +57,7 @@ def _factors(d: dist.Distribution) -> dist.Distribution | None:
 def _site_pair(
     model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None, site: str
 ) -> tuple[dict, dict]:
-    guide_tr = poutine.trace(guide).get_trace(x, **label_kwargs(guide, y))
-    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
-        x, **label_kwargs(model, y)
-    )
+    model_tr, guide_tr = replayed_traces(model, guide, x, y)
     for tr, who in ((guide_tr, "guide"), (model_tr, "model")):
         if site not in tr.nodes or tr.nodes[site]["type"] != "sample":
             raise ValueError(f"The {who} has no sample site {site!r}; pass site=<its name>.")

@@ -20,7 +20,7 @@ from pyro import poutine
 from torchvision.utils import make_grid, save_image
 
 from pyro_vae.check.diagnostics import posterior_means
-from pyro_vae.inference.sites import accepts_y, label_kwargs
+from pyro_vae.inference.sites import accepts_y, label_kwargs, replayed_traces
 
 __all__ = [
     "as_images",
@@ -60,10 +60,7 @@ def reconstruction_means(
     model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None = None
 ) -> torch.Tensor:
     r"""Means of :math:`p(x \mid z)` for one :math:`z \sim q(z \mid x)` per example."""
-    guide_trace = poutine.trace(guide).get_trace(x, **label_kwargs(guide, y))
-    trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        x, **label_kwargs(model, y)
-    )
+    trace, _ = replayed_traces(model, guide, x, y)
     return trace.nodes["x"]["fn"].mean
 
 

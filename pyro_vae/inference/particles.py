@@ -18,7 +18,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.inference.sites import DATA_PLATE, label_kwargs
+from pyro_vae.inference.sites import DATA_PLATE, label_kwargs, replayed_traces
 
 PARTICLE_PLATE = "_pyro_vae_particles"
 
@@ -28,10 +28,7 @@ def max_plate_nesting(
 ) -> int:
     """The number of vectorized plate dimensions the pair uses (one un-vectorized run)."""
     with poutine.block():
-        guide_tr = poutine.trace(guide).get_trace(x, **label_kwargs(guide, y))
-        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
-            x, **label_kwargs(model, y)
-        )
+        model_tr, guide_tr = replayed_traces(model, guide, x, y)
     dims = [
         frame.dim
         for tr in (prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr))

@@ -51,3 +51,23 @@ def per_example(value: torch.Tensor, site: dict[str, Any], num_examples: int) ->
     value = value.movedim(frame.dim, 0)
     value = value.reshape(value.shape[0], -1).sum(-1)
     return value.expand(num_examples) if value.shape[0] == 1 else value
+
+
+def replayed_traces(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+) -> tuple[Any, Any]:
+    """Trace the guide on the data, then the model replayed against the guide's draws:
+    the ``(model_trace, guide_trace)`` pair every ELBO-like quantity is read from.
+
+    Labels ``y`` reach each function that takes them (:func:`label_kwargs`).
+    """
+    from pyro import poutine
+
+    guide_trace = poutine.trace(guide).get_trace(x, **label_kwargs(guide, y))
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        x, **label_kwargs(model, y)
+    )
+    return model_trace, guide_trace

@@ -104,9 +104,9 @@ class ConditionalNet(nn.Module):
         self.mlp = mlp
         self.num_classes = check_count("num_classes", num_classes)
         first = mlp.net[0]
-        bound = 1.0 / math.sqrt(first.in_features + num_classes)
+        bound = 1.0 / math.sqrt(first.in_features + num_classes)  # type: ignore[operator]
         self.label_weight = nn.Parameter(
-            torch.empty(num_classes, first.out_features).uniform_(-bound, bound)
+            torch.empty(num_classes, first.out_features).uniform_(-bound, bound)  # type: ignore[call-overload]
         )
 
     @property
@@ -152,9 +152,9 @@ class ConditionalNormalPrior(Prior):
     def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of shape ``(*y.shape, latent_dim)``."""
         y = check_labels(y, self.num_classes)
-        return self.loc[y], self.scale[y]
+        return self.loc[y], self.scale[y]  # type: ignore[return-value]
 
-    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         return dist.Normal(loc, scale).to_event(1)
 
 
@@ -173,7 +173,7 @@ def condition_on_labels(part: nn.Module, num_classes: int) -> nn.Module:
         if isinstance(net, nn.Module):
             if getattr(net, "conditional", False):
                 raise ValueError(f"The part's {attr} is already conditional on labels.")
-            setattr(part, attr, ConditionalNet(net, num_classes))
+            setattr(part, attr, ConditionalNet(net, num_classes))  # type: ignore[arg-type]
             return part
     raise ValueError(
         f"{type(part).__name__} has no decoder or encoder network to condition; pass a "
@@ -182,7 +182,7 @@ def condition_on_labels(part: nn.Module, num_classes: int) -> nn.Module:
 
 
 def conditional_likelihood(
-    likelihood_cls: type,
+    likelihood_cls: type[Any],
     latent_dim: int,
     x_shape: Sequence[int],
     num_classes: int,
@@ -195,11 +195,11 @@ def conditional_likelihood(
     :param kwargs: passed to the likelihood's constructor (e.g. ``scale``).
     """
     part = likelihood_cls.mlp(latent_dim, x_shape, hidden_dims, **kwargs)
-    return condition_on_labels(part, num_classes)
+    return condition_on_labels(part, num_classes)  # type: ignore[return-value]
 
 
 def conditional_guide(
-    guide_cls: type,
+    guide_cls: type[Any],
     x_shape: Sequence[int],
     latent_dim: int,
     num_classes: int,
@@ -212,4 +212,4 @@ def conditional_guide(
     :param kwargs: passed to the guide's constructor (e.g. ``num_flows``).
     """
     part = guide_cls.mlp(x_shape, latent_dim, hidden_dims, **kwargs)
-    return condition_on_labels(part, num_classes)
+    return condition_on_labels(part, num_classes)  # type: ignore[return-value]

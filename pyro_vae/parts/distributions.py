@@ -132,7 +132,7 @@ class PowerSpherical(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         sample_shape = torch.Size(sample_shape)
         dim = self.event_shape[0]
         shape = sample_shape + self.batch_shape
@@ -232,7 +232,7 @@ class HypersphericalUniform(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         v = torch.randn(shape, dtype=self._dtype, device=self._device)
         return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
@@ -341,7 +341,7 @@ class DiscretizedLogistic(TorchDistribution):
         out = torch.where(value < h, F.logsigmoid(a), interior)
         return torch.where(value > 1 - h, F.logsigmoid(-b), out)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         with torch.no_grad():
             u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)

@@ -123,7 +123,7 @@ class Guide(Part, PyroModule):
         """
         check_latent_dim(latent_dim, cls.min_latent_dim)
         encoder = MLP(x_shape, hidden_dims, cls.encoder_dim(latent_dim, **kwargs))
-        cls.init_output_layer(encoder.net[-1], latent_dim)
+        cls.init_output_layer(encoder.net[-1], latent_dim)  # type: ignore[arg-type]
         return cls(encoder, latent_dim, **kwargs)
 
     @classmethod
@@ -136,7 +136,7 @@ class Guide(Part, PyroModule):
             ConvEncoder(feature_dim, channels),
             nn.Linear(feature_dim, cls.encoder_dim(latent_dim, **kwargs)),
         )
-        cls.init_output_layer(encoder[-1], latent_dim)
+        cls.init_output_layer(encoder[-1], latent_dim)  # type: ignore[arg-type]
         return cls(encoder, latent_dim, **kwargs)
 
 
@@ -170,7 +170,7 @@ class DiagonalNormalGuide(Guide):
         loc, raw = call_net(self.encoder, x, y).split(self.latent_dim, dim=-1)
         return loc, F.softplus(raw) + self.min_scale
 
-    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         return dist.Normal(loc, scale).to_event(1)
 
 
@@ -223,7 +223,7 @@ class FullCovarianceNormalGuide(Guide):
         strict[..., self._rows, self._cols] = lower
         return loc, strict + torch.diag_embed(F.softplus(raw_diag) + self.min_scale)
 
-    def make_dist(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
 
@@ -290,7 +290,10 @@ class IAFGuide(Guide):
         self.flows = nn.ModuleList(
             ConditionalAffineAutoregressive(
                 ConditionalAutoRegressiveNN(
-                    latent_dim, self.context_dim, hidden, permutation=_order(latent_dim, k)
+                    latent_dim,
+                    self.context_dim,
+                    hidden,
+                    permutation=_order(latent_dim, k),  # type: ignore[arg-type]
                 ),
                 stable=True,
             )
@@ -309,11 +312,11 @@ class IAFGuide(Guide):
         loc, raw, context = call_net(self.encoder, x, y).split([d, d, self.context_dim], dim=-1)
         return loc, F.softplus(raw) + self.min_scale, context
 
-    def make_dist(
+    def make_dist(  # type: ignore[override]
         self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor
     ) -> dist.Distribution:
         base = dist.Normal(loc, scale).to_event(1)
-        return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])
+        return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])  # type: ignore[operator]
 
 
 class PowerSphericalGuide(Guide):
@@ -388,5 +391,5 @@ class PowerSphericalGuide(Guide):
         scale = torch.exp(raw.squeeze(-1).clamp(max=20.0))
         return loc, self.min_concentration + self.init_concentration * scale
 
-    def make_dist(self, loc: torch.Tensor, concentration: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, loc: torch.Tensor, concentration: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         return PowerSpherical(loc, concentration)

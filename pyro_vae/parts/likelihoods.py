@@ -221,7 +221,7 @@ class NormalLikelihood(Likelihood):
             self.register_buffer("scale", init)
 
     def make_dist(self, loc: torch.Tensor) -> dist.Distribution:
-        return dist.Normal(loc, self.scale).to_event(len(self.x_shape))
+        return dist.Normal(loc, self.scale).to_event(len(self.x_shape))  # type: ignore[arg-type]
 
 
 class DiscretizedLogisticLikelihood(Likelihood):

@@ -35,6 +35,7 @@ and the Power Spherical KL against the uniform sphere are registered in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from pyro import distributions as dist
@@ -99,10 +100,10 @@ class Prior(Part, PyroModule):
     @classmethod
     def from_config(cls, spec: BuildSpec, guide: nn.Module) -> Prior:
         """Build the prior of a run configuration; ``guide`` is the run's guide part."""
-        return cls(spec.latent_dim)
+        return cls(spec.latent_dim)  # type: ignore[arg-type]
 
     @classmethod
-    def check_guide(cls, guide_cls: type) -> None:
+    def check_guide(cls, guide_cls: type[Any]) -> None:
         """Raise :class:`ValueError` naming the fix if the pair's ELBO would not be a bound:
         the guide's samples must live where this prior has a density."""
         guide_space = getattr(guide_cls, "latent_space", "euclidean")
@@ -153,7 +154,7 @@ class StandardNormalPrior(Prior):
         """Return ``(loc, scale)``; the standard normal ignores any condition ``y``."""
         return self.loc, self.scale
 
-    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         return dist.Normal(loc, scale).to_event(1)
 
 
@@ -182,9 +183,9 @@ class LearnedNormalPrior(Prior):
 
     def forward(self, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)``; ``y`` is ignored."""
-        return self.loc, self.scale
+        return self.loc, self.scale  # type: ignore[return-value]
 
-    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         return dist.Normal(loc, scale).to_event(1)
 
 
@@ -238,9 +239,9 @@ class MixtureOfGaussiansPrior(Prior):
         self, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(logits, locs, scales)`` of shapes ``(K,)``, ``(K, d)``, ``(K, d)``."""
-        return self.logits, self.locs, self.scales
+        return self.logits, self.locs, self.scales  # type: ignore[return-value]
 
-    def make_dist(
+    def make_dist(  # type: ignore[override]
         self, logits: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor
     ) -> dist.Distribution:
         return DiagonalNormalMixture(
@@ -328,8 +329,8 @@ class VampPrior(Prior):
         """Return ``(pseudo_inputs,)``; ``y`` is ignored."""
         return (self.pseudo_inputs,)
 
-    def make_dist(self, pseudo_inputs: torch.Tensor) -> dist.Distribution:
-        components = self.guide.dist(pseudo_inputs)
+    def make_dist(self, pseudo_inputs: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
+        components = self.guide.dist(pseudo_inputs)  # type: ignore[operator]
         if isinstance(components, dist.TransformedDistribution):
             raise ValueError(
                 "VampPrior cannot mix flow posteriors (the IAF guide's transforms are "
@@ -390,7 +391,7 @@ class FlowPrior(Prior):
         """Return the base ``(loc, scale)``; ``y`` is ignored."""
         return self.loc, self.scale
 
-    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         base = dist.Normal(loc, scale).to_event(1)
         return dist.TransformedDistribution(base, [t.inv for t in reversed(self.transforms)])
 
@@ -407,7 +408,7 @@ class FlowPrior(Prior):
         hidden = list(hidden_dims or (4 * latent_dim,))
         layers = [
             AffineAutoregressive(
-                AutoRegressiveNN(latent_dim, hidden, permutation=_order(latent_dim, i))
+                AutoRegressiveNN(latent_dim, hidden, permutation=_order(latent_dim, i))  # type: ignore[arg-type]
             )
             for i in range(num_flows)
         ]
@@ -445,7 +446,7 @@ class UniformSpherePrior(Prior):
         """Return a scalar that carries the dtype and device; ``y`` is ignored."""
         return (self._anchor,)
 
-    def make_dist(self, anchor: torch.Tensor) -> dist.Distribution:
+    def make_dist(self, anchor: torch.Tensor) -> dist.Distribution:  # type: ignore[override]
         return HypersphericalUniform(self.latent_dim, dtype=anchor.dtype, device=anchor.device)
 
 

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 KINDS = ("prior", "likelihood", "guide")
-_REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+_REGISTRY: dict[str, dict[str, type[Any]]] = {kind: {} for kind in KINDS}
 
 
 @dataclass(frozen=True)
@@ -156,14 +156,14 @@ def _check_option_agrees(option: Option, cls: type) -> None:
                     )
 
 
-def registered(kind: str) -> dict[str, type]:
+def registered(kind: str) -> dict[str, type[Any]]:
     """The registered part classes of one kind, by name, in definition order."""
     if kind not in _REGISTRY:
         raise ValueError(f"Unknown part kind {kind!r}; use one of {KINDS}.")
     return dict(_REGISTRY[kind])
 
 
-def get_part(kind: str, name: str) -> type:
+def get_part(kind: str, name: str) -> type[Any]:
     """The part class registered as ``name``; a :class:`ValueError` lists the choices."""
     parts = registered(kind)
     if name not in parts:

@@ -108,7 +108,7 @@ class ShardedBatches:
         seed: int,
     ) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             range(x.shape[0]),  # type: ignore[arg-type]
             num_replicas=ctx.world_size,
             rank=ctx.rank,

@@ -9,7 +9,7 @@ examples at the ``"data"`` plate's dimension.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyro
@@ -37,14 +37,14 @@ def max_plate_nesting(
         for frame in site["cond_indep_stack"]
         if frame.vectorized
     ]
-    return -min(dims) if dims else 0
+    return -min(dims) if dims else 0  # type: ignore[operator, type-var]
 
 
 def _in_particles(
     fn: Callable, num_particles: int, dim: int, device: torch.device | None = None
 ) -> Callable:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim, device=device):
+        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim, device=device):  # type: ignore[arg-type]
             return fn(*args, **kwargs)
 
     return wrapped
@@ -73,12 +73,12 @@ def particle_traces(
     return prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr)
 
 
-def _data_frame(site: dict[str, Any]) -> Any:
+def _data_frame(site: Mapping[str, Any]) -> Any:
     return next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
 
 
 def per_example_particles(
-    value: torch.Tensor, site: dict[str, Any], num_examples: int, nesting: int
+    value: torch.Tensor, site: Mapping[str, Any], num_examples: int, nesting: int
 ) -> torch.Tensor:
     """Reduce a batch-shaped tensor of a site (a log-density) to ``(K, N)``: particles by
     examples, summing every other dimension (nested plates)."""
@@ -99,7 +99,7 @@ def per_example_particles(
     return value.expand(value.shape[0], num_examples)
 
 
-def per_example_values(value: torch.Tensor, site: dict[str, Any], nesting: int) -> torch.Tensor:
+def per_example_values(value: torch.Tensor, site: Mapping[str, Any], nesting: int) -> torch.Tensor:
     """A site's sampled value as ``(K, N, *rest)``: particles, examples, then the other
     plate dimensions and the event dimensions."""
     frame = _data_frame(site)
@@ -117,7 +117,7 @@ def per_example_values(value: torch.Tensor, site: dict[str, Any], nesting: int) 
     return value.movedim((first, data), (0, 1))
 
 
-def log_density(site: dict[str, Any]) -> torch.Tensor:
+def log_density(site: Mapping[str, Any]) -> torch.Tensor:
     """The site's log-density with its mask applied but not its scale: per-example
     log-likelihoods are not rescaled by subsampling or annealing."""
     lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
@@ -160,4 +160,4 @@ def log_weights(
                 f"The guide samples {name!r}, which the model does not: an importance weight "
                 "needs p(z) for every guide site. Rename the guide site to match the model."
             )
-    return total
+    return total  # type: ignore[return-value]

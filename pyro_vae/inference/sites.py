@@ -4,7 +4,7 @@ plate ``"data"``. Internal."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -39,7 +39,7 @@ def batch_device(
     return torch.device("cpu")
 
 
-def per_example(value: torch.Tensor, site: dict[str, Any], num_examples: int) -> torch.Tensor:
+def per_example(value: torch.Tensor, site: Mapping[str, Any], num_examples: int) -> torch.Tensor:
     """Reduce a site's log-density (batch-shaped) to one number per example.
 
     Dimensions other than the ``"data"`` plate are summed. A site outside the plate (a

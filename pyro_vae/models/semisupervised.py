@@ -138,9 +138,9 @@ class SemiSupervisedVAE(PyroModule):
         n = x.shape[0] if x is not None else y.shape[0] if y is not None else num_samples
         if n is None or n <= 0:
             raise ValueError("With x=None and y=None the model needs num_samples > 0.")
-        with pyro.plate("data", n, device=batch_device(self, x, y)):
+        with pyro.plate("data", n, device=batch_device(self, x, y)):  # type: ignore[arg-type]
             z = pyro.sample("z", self.prior.dist())
-            y = pyro.sample("y", self._label_prior(z), obs=y)
+            y = pyro.sample("y", self._label_prior(z), obs=y)  # type: ignore[arg-type]
             return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
 
     def guide(
@@ -154,9 +154,9 @@ class SemiSupervisedVAE(PyroModule):
         :math:`z \sim q(z \mid x, y)`."""
         if x is None:
             raise ValueError("The guide needs data x; sample from the model to generate.")
-        with pyro.plate("data", x.shape[0], device=x.device):
+        with pyro.plate("data", x.shape[0], device=x.device):  # type: ignore[arg-type]
             if y is None:
-                y = pyro.sample("y", self.class_dist(x), infer={"enumerate": "parallel"})
+                y = pyro.sample("y", self.class_dist(x), infer={"enumerate": "parallel"})  # type: ignore[arg-type]
             else:
                 check_labels(y, self.num_classes)
             pyro.sample("z", self.posterior.dist(x, y))

@@ -100,7 +100,9 @@ class VAE(PyroModule):
         :returns: the observed or sampled ``x``.
         """
         with pyro.plate(
-            "data", self._batch_size(x, y, num_samples), device=batch_device(self, x, y)
+            "data",
+            self._batch_size(x, y, num_samples),
+            device=batch_device(self, x, y),  # type: ignore[arg-type]
         ):
             z = pyro.sample("z", self.prior.dist(y))
             return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
@@ -119,7 +121,7 @@ class VAE(PyroModule):
         """
         if x is None:
             raise ValueError("The guide needs data x; sample from vae.model to generate.")
-        with pyro.plate("data", x.shape[0], device=x.device):
+        with pyro.plate("data", x.shape[0], device=x.device):  # type: ignore[arg-type]
             return pyro.sample("z", self.posterior.dist(x, y))
 
     def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:

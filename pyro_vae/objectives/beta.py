@@ -154,15 +154,15 @@ class BetaELBO(ELBO):
         return scale_latents(model, w), scale_latents(guide, w)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        return self.elbo.loss(*self._weighted(model, guide), *args, **kwargs)
+        return self.elbo.loss(*self._weighted(model, guide), *args, **kwargs)  # type: ignore[attr-defined]
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        return self.elbo.loss_and_grads(*self._weighted(model, guide), *args, **kwargs)
+        return self.elbo.loss_and_grads(*self._weighted(model, guide), *args, **kwargs)  # type: ignore[attr-defined]
 
     def differentiable_loss(
         self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        return self.elbo.differentiable_loss(*self._weighted(model, guide), *args, **kwargs)
+        return self.elbo.differentiable_loss(*self._weighted(model, guide), *args, **kwargs)  # type: ignore[attr-defined]
 
     def _get_trace(self, model: Callable, guide: Callable, args: Any, kwargs: Any) -> Any:
         return self.elbo._get_trace(*self._weighted(model, guide), args, kwargs)

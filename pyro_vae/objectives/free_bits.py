@@ -41,7 +41,7 @@ def _per_dim(d: dist.Distribution, site: str, role: str) -> dist.Distribution:
             return base
     raise ValueError(
         f"Free bits needs a latent with independent dimensions, but the {role} of site "
-        f"{site!r} is a {type(d).__name__} with event shape {tuple(d.event_shape)}. Use a "
+        f"{site!r} is a {type(d).__name__} with event shape {tuple(d.event_shape)}. Use a "  # type: ignore[attr-defined]
         "factorized prior and guide, e.g. StandardNormalPrior / LearnedNormalPrior with "
         "DiagonalNormalGuide (dist.Normal(loc, scale).to_event(1))."
     )
@@ -111,7 +111,7 @@ class FreeBitsELBO(TraceMeanField_ELBO):
         q = _per_dim(guide_site["fn"], name, "guide")
         p = _per_dim(model_site["fn"], name, "prior")
         try:
-            kl = kl_divergence(q, p)
+            kl = kl_divergence(q, p)  # type: ignore[arg-type]
         except NotImplementedError:
             z = guide_site["value"]
             kl = q.log_prob(z) - p.log_prob(z)

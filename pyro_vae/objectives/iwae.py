@@ -88,8 +88,8 @@ class IWAE(RenyiELBO):
                 log_w = log_w - torch_sum(site["log_prob"], sum_dims)
             particles.append(log_w)
         if self.vectorize_particles and self.num_particles > 1:
-            return particles[0]
-        return torch.stack(particles)
+            return particles[0]  # type: ignore[return-value]
+        return torch.stack(particles)  # type: ignore[arg-type]
 
     def differentiable_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any

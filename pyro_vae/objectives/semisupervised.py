@@ -17,7 +17,7 @@ in a guide trace without ``y``, stopped at that site (nothing after it runs).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -39,14 +39,14 @@ def label_log_prob(
     :raises ValueError: if the guide has no such sample site without ``y``.
     """
 
-    def at_label(msg: dict[str, Any]) -> bool:
+    def at_label(msg: Mapping[str, Any]) -> bool:
         return msg["type"] == "sample" and msg["name"] == label_site
 
     try:
         with poutine.block():
             poutine.escape(guide, escape_fn=at_label)(x)
     except NonlocalExit as stop:
-        return stop.site["fn"].log_prob(y).sum()
+        return stop.site["fn"].log_prob(y).sum()  # type: ignore[attr-defined]
     raise ValueError(
         f"The guide has no sample site {label_site!r} when called without labels; pass "
         "label_site= naming the site where it samples the label from q(y|x)."
@@ -99,7 +99,7 @@ class SemiSupervisedELBO(ELBO):
         if x_labelled is not None:
             loss = loss + self.supervised.differentiable_loss(model, guide, x_labelled, y_labelled)
             if self.aux_weight:
-                log_q = label_log_prob(guide, x_labelled, y_labelled, self.label_site)
+                log_q = label_log_prob(guide, x_labelled, y_labelled, self.label_site)  # type: ignore[arg-type]
                 loss = loss - self.aux_weight * log_q
         return loss
 

@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,8 +147,8 @@ def load_mnist(
             f"{data_dir / subdir / 'raw'}. Point --data-dir at the folder holding them, or "
             "pass --download (download=True) to fetch them with torchvision."
         )
-    images = read_idx(paths[0], ndim=3)
-    labels = read_idx(paths[1], ndim=1)
+    images = read_idx(paths[0], ndim=3)  # type: ignore[arg-type]
+    labels = read_idx(paths[1], ndim=1)  # type: ignore[arg-type]
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
         raise ValueError(
             f"{paths[0]} holds images of shape {tuple(images.shape)} but {paths[1]} holds "
@@ -329,7 +330,7 @@ class DynamicBinarization:
         state = self._generator.get_state() if self._generator is not None else None
         return {"seed": self.seed, "generator": state}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
         self._generator = None
         self._pending_state = state["generator"]

@@ -111,7 +111,7 @@ def kl_per_dim(
                 "dimension is not defined; use elbo_terms(...)['kl'] for the total KL."
             )
         try:
-            kl = kl_divergence(q, p)
+            kl = kl_divergence(q, p)  # type: ignore[arg-type]
         except NotImplementedError:
             z = q.sample((num_samples,))
             kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
@@ -143,13 +143,13 @@ def posterior_means(
         if site not in tr.nodes:
             raise ValueError(f"The guide has no sample site {site!r}; pass site=<its name>.")
         try:
-            mean = tr.nodes[site]["fn"].mean
+            mean = tr.nodes[site]["fn"].mean  # type: ignore[attr-defined]
         except NotImplementedError:
             if nesting is None:
                 nesting = max_plate_nesting(guide, guide, xb, yb)
             # Only the guide is needed: replay the guide on itself with K particles.
             _, g_tr = particle_traces(guide, guide, xb, yb, num_samples, nesting)
-            mean = per_example_values(g_tr.nodes[site]["value"], g_tr.nodes[site], nesting).mean(0)
+            mean = per_example_values(g_tr.nodes[site]["value"], g_tr.nodes[site], nesting).mean(0)  # type: ignore[arg-type]
         out.append(mean.expand(xb.shape[0], *mean.shape[-1:]).reshape(xb.shape[0], -1))
     return torch.cat(out)
 

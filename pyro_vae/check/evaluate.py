@@ -52,7 +52,7 @@ def _terms_batch(
         if q_site is None or q_site["type"] != "sample":
             continue  # a model-only latent would be sampled from the prior: no KL term
         try:
-            value = kl_divergence(q_site["fn"], site["fn"])
+            value = kl_divergence(q_site["fn"], site["fn"])  # type: ignore[arg-type]
         except NotImplementedError:
             value = q_site["log_prob"] - site["log_prob"]
         kl = kl + per_example(value, site, n)
@@ -109,7 +109,7 @@ def is_discrete(model: Callable, x: torch.Tensor, y: torch.Tensor | None = None)
     while isinstance(fn, torch.distributions.Independent | MaskedDistribution):
         fn = fn.base_dist
     # the discretized logistic is a probability mass on a grid in [0, 1]
-    return bool(fn.support.is_discrete) or isinstance(fn, DiscretizedLogistic)
+    return bool(fn.support.is_discrete) or isinstance(fn, DiscretizedLogistic)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import torch
@@ -65,7 +66,7 @@ class _LogMeanExp:
     relative to the running maximum :math:`m`, in float64."""
 
     def __init__(self, num_examples: int, device: torch.device) -> None:
-        opts = {"dtype": torch.float64, "device": device}
+        opts: dict[str, Any] = {"dtype": torch.float64, "device": device}
         self.max = torch.full((num_examples,), -math.inf, **opts)
         self.s1 = torch.zeros(num_examples, **opts)
         self.s2 = torch.zeros(num_examples, **opts)

@@ -101,21 +101,21 @@ def _predictive(
         for name, node in source.nodes.items():
             if node["type"] != "sample" or name == site or node["is_observed"]:
                 continue
-            value = per_example_values(node["value"], node, nesting)
+            value = per_example_values(node["value"], node, nesting)  # type: ignore[arg-type]
             value = value.expand(num_samples, xb.shape[0], *value.shape[2:])
             latents.setdefault(name, []).append(value.cpu().numpy())
             dims[name] = [EXAMPLE_DIM, *_event_dims(name, tuple(value.shape[2:]), False)]
         node = model_tr.nodes[site]
-        rep = per_example_values(node["value"], node, nesting)
+        rep = per_example_values(node["value"], node, nesting)  # type: ignore[arg-type]
         reps.append(rep.expand(num_samples, *rep.shape[1:]).cpu().numpy())
         if guide is not None:
-            lp = node["fn"].log_prob(xb)
+            lp = node["fn"].log_prob(xb)  # type: ignore[attr-defined]
             logliks.append(per_example_particles(lp, node, xb.shape[0], nesting).cpu().numpy())
     dims[site] = [EXAMPLE_DIM, *_event_dims(site, tuple(x.shape[1:]), True)]
     draws = {k: np.concatenate(v, axis=1)[None] for k, v in latents.items()}
-    rep = np.concatenate(reps, axis=1)[None]
+    rep = np.concatenate(reps, axis=1)[None]  # type: ignore[assignment]
     loglik = np.concatenate(logliks, axis=1)[None] if logliks else None
-    return draws, rep, loglik, dims
+    return draws, rep, loglik, dims  # type: ignore[return-value]
 
 
 def _rows(y: torch.Tensor | None, start: int, size: int) -> torch.Tensor | None:
@@ -216,7 +216,7 @@ def prior_predictive(
 
 
 def _pixel_dims(x: xr.DataArray) -> list[str]:
-    return [d for d in x.dims if d not in (*SAMPLE_DIMS, EXAMPLE_DIM)]
+    return [d for d in x.dims if d not in (*SAMPLE_DIMS, EXAMPLE_DIM)]  # type: ignore[misc]
 
 
 def mean_intensity(x: xr.DataArray) -> xr.DataArray:
@@ -338,13 +338,13 @@ def save_ppc_plots(
     paths = []
     for name, statistic in statistics.items():
         data = statistic_data(idata, statistic, name=name, var_name=var_name, group=group)
-        per_example = EXAMPLE_DIM in data.observed_data[name].dims
+        per_example = EXAMPLE_DIM in data.observed_data[name].dims  # type: ignore[attr-defined]
         plots: list[tuple[str, Callable[[], Any]]] = []
         if per_example:
             plots.append(
                 (
                     "ppc",
-                    lambda data=data: az.plot_ppc(
+                    lambda data=data: az.plot_ppc(  # type: ignore[misc]
                         data,
                         group=kind_group,
                         num_pp_samples=min(50, data[group].sizes["draw"]),
@@ -352,9 +352,9 @@ def save_ppc_plots(
                     ),
                 )
             )
-            plots.append(("bpv", lambda data=data: az.plot_bpv(data, group=kind_group)))
+            plots.append(("bpv", lambda data=data: az.plot_bpv(data, group=kind_group)))  # type: ignore[misc]
         else:
-            plots.append(("bpv", lambda data=data, name=name: _plot_scalar(data, name, group)))
+            plots.append(("bpv", lambda data=data, name=name: _plot_scalar(data, name, group)))  # type: ignore[misc]
         for prefix, plot in plots:
             plot()
             path = out / f"{prefix}_{name}.png"
@@ -368,7 +368,7 @@ def _plot_scalar(data: az.InferenceData, name: str, group: str) -> None:
     import matplotlib.pyplot as plt
 
     t_rep = data[group][name].values.ravel()
-    t_obs = float(data.observed_data[name].values)
+    t_obs = float(data.observed_data[name].values)  # type: ignore[attr-defined]
     p = (t_rep > t_obs).mean() + 0.5 * (t_rep == t_obs).mean()
     _, ax = plt.subplots(figsize=(5, 3.5))
     az.plot_dist(t_rep, ax=ax, label="replicated")

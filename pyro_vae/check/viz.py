@@ -52,7 +52,7 @@ def prior_means(
     trace = poutine.trace(poutine.uncondition(model)).get_trace(
         x_template, **label_kwargs(model, y)
     )
-    return trace.nodes["x"]["fn"].mean
+    return trace.nodes["x"]["fn"].mean  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
@@ -155,7 +155,7 @@ def decode_means(
     template = x_template[:1].expand(m, *x_template.shape[1:])
     run = poutine.condition(poutine.uncondition(model), data={"z": z})
     trace = poutine.trace(run).get_trace(template, **label_kwargs(model, y))
-    return trace.nodes["x"]["fn"].mean
+    return trace.nodes["x"]["fn"].mean  # type: ignore[attr-defined]
 
 
 def depends_on_labels(model: Callable, x_template: torch.Tensor) -> bool:
@@ -357,7 +357,7 @@ def save_figures(
         latent_scatter(guide, x[:m], _rows(y, m), paths[-1], conditional=conditional)
         return paths
     if conditional:
-        classes = sorted(int(c) for c in y.unique())
+        classes = sorted(int(c) for c in y.unique())  # type: ignore[union-attr]
         paths.append(out / "samples_by_label.png")
         save_images(samples_by_label(model, x, classes, 8), paths[-1], nrow=8)
         if label is not None:

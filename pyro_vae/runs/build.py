@@ -174,7 +174,9 @@ def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE:
         classes = _classes(config)
         prior = ConditionalNormalPrior(classes, config.latent_dim)
         return VAE(
-            prior, condition_on_labels(likelihood, classes), condition_on_labels(guide, classes)
+            prior,
+            condition_on_labels(likelihood, classes),  # type: ignore[arg-type]
+            condition_on_labels(guide, classes),  # type: ignore[arg-type]
         )
     prior_cls = get_part("prior", config.prior)
     prior_cls.check_guide(guide_cls)

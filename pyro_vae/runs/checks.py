@@ -111,7 +111,7 @@ def ppc_run(
     check_count("--num-samples", num_samples)
     check_count("--batch-size", batch_size)
     x, y = run_data(run, split, num_examples=num_examples, device=device, seed=seed)
-    kw = {"num_samples": num_samples, "batch_size": batch_size}
+    kw: dict[str, Any] = {"num_samples": num_samples, "batch_size": batch_size}
     idata = ppc_mod.posterior_predictive(run.model, run.guide, x, y, **kw)
     idata.extend(ppc_mod.prior_predictive(run.model, x, y, **kw))
     out = Path(out_dir)

@@ -177,7 +177,7 @@ class ShardedBatches(distributed.ShardedBatches):
         self.epoch, self.position = epoch, 0
         self.order = torch.tensor(list(self.sampler), device=self.x.device)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         while not self.exhausted:
             idx = self.order[self.position : self.position + self.batch_size]
             self.position += idx.numel()
@@ -389,7 +389,7 @@ def make_batches(
             gen = torch.Generator()
             loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
         else:
-            sampler = DistributedSampler(data, shuffle=True, seed=seed)
+            sampler: DistributedSampler[Any] = DistributedSampler(data, shuffle=True, seed=seed)
             loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
     else:
         raise ValueError(

@@ -85,12 +85,12 @@ def _tensor_valued_elbo() -> Iterator[None]:
     saved = [(m, m.torch_item, m.warn_if_nan) for m in modules]
     try:
         for m in modules:
-            m.torch_item = _detach_item
-            m.warn_if_nan = lambda *args, **kwargs: None
+            m.torch_item = _detach_item  # type: ignore[attr-defined]
+            m.warn_if_nan = lambda *args, **kwargs: None  # type: ignore[attr-defined]
         yield
     finally:
         for m, item, warn in saved:
-            m.torch_item, m.warn_if_nan = item, warn
+            m.torch_item, m.warn_if_nan = item, warn  # type: ignore[attr-defined]
 
 
 def _storages(tensors: Sequence[torch.Tensor]) -> set[int]:

@@ -53,7 +53,7 @@ def trainable_params(
     store_names = []
     for name, site in capture.trace.nodes.items():
         value = site["value"]
-        value = value.unconstrained() if hasattr(value, "unconstrained") else value
+        value = value.unconstrained() if hasattr(value, "unconstrained") else value  # type: ignore[union-attr]
         if isinstance(value, torch.Tensor) and value.requires_grad:
             params.setdefault(id(value), value)
             if id(value) not in module_params and name in store:
@@ -104,5 +104,5 @@ def default_optimizer(
     multi-tensor (``foreach``) implementation; both are far cheaper per step than a loop
     over the parameters for small networks."""
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    kind = {"fused": True} if fused else {"foreach": True}
-    return partial(torch.optim.Adam, lr=lr, **kind)(params)
+    kind: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
+    return partial(torch.optim.Adam, lr=lr, **kind)(params)  # type: ignore[call-arg]

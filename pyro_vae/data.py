@@ -222,7 +222,11 @@ def load_tensor_file(path: str | os.PathLike) -> TensorDataset:
     - ``.pt``: a tensor, or a dict with ``"x"`` and optionally ``"y"``, loaded with
       ``torch.load(weights_only=True)`` (no code from the file is executed).
 
-    :returns: ``TensorDataset(x)`` or ``TensorDataset(x, y)``; ``x`` keeps its dtype.
+    :returns: ``TensorDataset(x)`` or ``TensorDataset(x, y)``. Floating-point arrays become
+        float32 (the dtype of the models' parameters; NumPy's default is float64), integer
+        and boolean arrays keep their dtype.
+    :raises ValueError: for a missing or unreadable file, or arrays that are not numbers
+        with one row per example.
     """
     path = Path(path)
     if not path.is_file():
@@ -247,13 +251,34 @@ def load_tensor_file(path: str | os.PathLike) -> TensorDataset:
         raise ValueError(f"{path} could not be read as {suffix} ({e}); is it corrupted?") from None
     if not isinstance(arrays, dict) or "x" not in arrays:
         raise ValueError(f"{path} must hold an array named 'x' (and optionally 'y').")
-    tensors = [torch.as_tensor(np.asarray(arrays["x"]) if suffix != ".pt" else arrays["x"])]
+    tensors = [_as_tensor(path, "x", arrays["x"])]
     if "y" in arrays:
-        y = torch.as_tensor(np.asarray(arrays["y"]) if suffix != ".pt" else arrays["y"])
+        y = _as_tensor(path, "y", arrays["y"])
         if y.shape[0] != tensors[0].shape[0]:
             raise ValueError(f"{path}: x has {tensors[0].shape[0]} rows but y has {y.shape[0]}.")
         tensors.append(y)
     return TensorDataset(*tensors)
+
+
+def _as_tensor(path: Path, name: str, value: object) -> torch.Tensor:
+    """One array of a data file as a tensor with a row per example, or a ValueError."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise ValueError(
+                f"{path}: {name} holds {value.dtype} values, not numbers; store numeric arrays."
+            )
+        if value.ndim == 0:
+            raise ValueError(f"{path}: {name} is a single number; it needs one row per example.")
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(
+            f"{path}: {name} must be an array (a tensor in .pt files), got {type(value).__name__}."
+        )
+    if value.dim() == 0:
+        raise ValueError(f"{path}: {name} is a single number; it needs one row per example.")
+    if value.is_complex():
+        raise ValueError(f"{path}: {name} holds complex numbers; store real values.")
+    return value.float() if value.is_floating_point() else value
 
 
 def load_bundled_mnist() -> dict[str, TensorDataset]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if report["world_size"] > 1 and not _is_main():
         return 0  # rank 0 alone writes and prints; the estimates are gathered
-    out = RunDirectory.open(args.run_dir, "read").write_json("evaluation.json", report)
+    reasons = {
+        "nll_stderr": "one importance sample (K=1) has no standard error; use --num-samples 2 "
+        "or more",
+        "nll": "the likelihood gave a zero density (e.g. a scale collapsed to 0)",
+        "elbo": "the likelihood gave a zero density (e.g. a scale collapsed to 0)",
+    }
+    out = RunDirectory.open(args.run_dir, "read").write_json(
+        "evaluation.json", report, reasons=reasons
+    )
     bpd = report.get("bits_per_dim")
     se = report.get("nll_stderr")
+    se = se if se is not None and math.isfinite(se) else None
     rows = [
         ("examples", f"{report['num_examples']} ({args.split})"),
         ("ELBO", f"{report['elbo']:.2f} nats"),

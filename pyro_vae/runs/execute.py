@@ -9,6 +9,8 @@ The command line calls :func:`train_run`; Python users can too::
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,8 @@ from pyro_vae.runs.build import (
 )
 from pyro_vae.runs.config import MODEL_FIELDS, RunConfig
 from pyro_vae.train.loop import fit
+from pyro_vae.train.schedule import EarlyStopping, lr_scheduler
+from pyro_vae.train.tracking import KILLED, Trackers, open_trackers, require
 
 __all__ = ["resume_config", "train_run"]
 
@@ -57,6 +61,12 @@ def resume_config(run_dir: str | Path, given: dict[str, Any]) -> RunConfig:
     path = Path(run_dir)
     if not path.is_dir():
         raise ValueError(f"Run directory {path} does not exist; check the --resume path.")
+    writer = RunDirectory.writer_pid(path)
+    if writer is not None and writer != os.getpid():
+        raise ValueError(
+            f"Run directory {path} is being written by process {writer}; wait for it to "
+            "finish (or stop it with Ctrl-C) before resuming."
+        )
     if not (path / CONFIG_NAME).exists():
         raise ValueError(
             f"{path} has no {CONFIG_NAME}: it is not a run directory; start a new run with "
@@ -109,8 +119,12 @@ def train_run(
     started = time.perf_counter()
     config.resolve_binarize()
     config.validate()
+    for tool in config.log:  # installed? (before anything is written)
+        require(tool)
     if resume and overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it; give one.")
+    if config.epochs == 0 and not resume:
+        raise ValueError("--epochs 0 trains nothing; give --epochs >= 1 for a new run.")
     ctx = distributed.context()
     if config.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -146,20 +160,24 @@ def train_run(
     mode = "resume" if resume else "overwrite" if overwrite else "new"
     owner = RunDirectory.open(config.out, mode) if main_rank else None
     try:
-        return _train(
-            config,
-            module,
-            owner,
-            data,
-            validation,
-            callbacks,
-            transform,
-            test,
-            resume,
-            progress,
-            log,
-            started,
-        )
+        # a full disk or a file-size limit while the run writes: one error naming the last
+        # good checkpoint and the resume command, not an OSError
+        guard = owner.guard(CHECKPOINT_NAME) if owner is not None else contextlib.nullcontext()
+        with guard:
+            return _train(
+                config,
+                module,
+                owner,
+                data,
+                validation,
+                callbacks,
+                transform,
+                test,
+                resume,
+                progress,
+                log,
+                started,
+            )
     finally:
         if owner is not None:
             owner.close()
@@ -181,7 +199,10 @@ def _train(
 ) -> dict[str, Any] | None:
     ctx = distributed.context()
     main_rank = owner is not None
-    train_n = len(data) if hasattr(data, "__len__") else "?"
+    if hasattr(data, "unlabelled"):  # semi-supervised: labelled + unlabelled examples
+        train_n = f"{len(data.labelled[0])} labelled + {len(data.unlabelled)} unlabelled"
+    else:
+        train_n = str(len(data))
     if owner is not None:
         owner.start(config.to_dict())
         if owner.message:
@@ -193,34 +214,83 @@ def _train(
             + (f", {ctx.world_size} processes" if ctx is not None else "")
         )
     run_dir = Path(config.out)
-    history = fit(
-        module.model,
-        module.guide,
-        data,
-        objective=_objective(config),
-        num_particles=config.num_particles,
-        lr=config.lr,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        validation_data=validation,
-        device=config.device,
-        seed=config.seed,
-        transform=transform,
-        callbacks=callbacks,
-        run_dir=run_dir,
-        resume=run_dir / CHECKPOINT_NAME if resume else None,
-        config=config.to_dict(),
-        progress=progress,
-    )
-    if history.interrupted:
-        return None
-    if not main_rank:
-        return {}  # rank 0 alone evaluates and writes the figures
-    metrics = _test_metrics(config, module, test, history, log)
-    metrics["wall_seconds"] = time.perf_counter() - started
-    owner.write_json("test.json", metrics)
+    # the loggers finish after test.json and the figures, which become MLflow artifacts
+    with _trackers(config, module, validation, main_rank) as trackers:
+        history = fit(
+            module.model,
+            module.guide,
+            data,
+            objective=_objective(config),
+            num_particles=config.num_particles,
+            lr=config.lr,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            validation_data=validation,
+            device=config.device,
+            seed=config.seed,
+            transform=transform,
+            callbacks=[*callbacks, *trackers],
+            run_dir=run_dir,
+            resume=run_dir / CHECKPOINT_NAME if resume else None,
+            config=config.to_dict(),
+            progress=progress,
+            scheduler=_scheduler(config),
+            early_stopping=_early_stopping(config),
+            clip_grad_norm=config.clip_grad_norm,
+        )
+        if history.interrupted:
+            trackers.finish(KILLED)
+            return None
+        if not main_rank:
+            return {}  # rank 0 alone evaluates and writes the figures
+        metrics = _test_metrics(config, module, test, history, log)
+        metrics["wall_seconds"] = time.perf_counter() - started
+        owner.write_json("test.json", metrics)
     log(f"wrote {run_dir}")
     return metrics
+
+
+def _scheduler(config: RunConfig) -> Any:
+    """The learning-rate schedule of ``--lr-schedule`` (a factory for ``fit``), or None."""
+    if config.lr_schedule is None:
+        return None
+    return lr_scheduler(
+        config.lr_schedule,
+        epochs=config.epochs,
+        step_size=config.lr_step_size,
+        gamma=config.lr_gamma,
+        patience=config.lr_patience,
+    )
+
+
+def _early_stopping(config: RunConfig) -> EarlyStopping | None:
+    """The early stopping of ``--patience``, or None."""
+    if config.patience is None:
+        return None
+    return EarlyStopping(config.patience, config.min_delta)
+
+
+def _trackers(config: RunConfig, module: Any, validation: Any, main_rank: bool) -> Trackers:
+    """The loggers of ``--log`` (on rank 0 alone), with image grids of the first 32
+    validation examples for image data."""
+    if not main_rank or not config.log:
+        return Trackers()
+    images = labels = None
+    if config.model != "m2" and validation is not None:
+        x, *rest = validation.tensors
+        images = x[:32].to(config.device)
+        labels = rest[0][:32].to(config.device) if rest and config.conditional else None
+    return open_trackers(
+        config.log,
+        config.out,
+        config=config.to_dict(),
+        model=module.model,
+        guide=module.guide,
+        images=images,
+        labels=labels,
+        mlflow_uri=config.mlflow_uri,
+        seed=config.seed,
+    )
 
 
 def _objective(config: RunConfig) -> Any:

@@ -33,8 +33,13 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(e)
+        if cause is not None and cause is not e:
+            # torch's zip writer turns a failed write (disk full, file size limit) into a
+            # RuntimeError; the OSError behind it names the cause
+            raise cause from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -99,3 +104,15 @@ def load_module_states(
                     "Check latent_dim, hidden dims and the parts in config.json."
                 )
         module.load_state_dict(state)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` that ``exc`` is or was raised while handling, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

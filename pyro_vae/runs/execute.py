@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -157,7 +157,9 @@ def train_run(
     main_rank = ctx is None or ctx.is_main
     data, validation, callbacks = _training_data(config, train_ds, valid, module, log)
     # Everything is checked: only now is the run directory opened (locked) and written.
-    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    mode: Literal["new", "resume", "overwrite"] = (
+        "resume" if resume else "overwrite" if overwrite else "new"
+    )
     owner = RunDirectory.open(config.out, mode) if main_rank else None
     try:
         # a full disk or a file-size limit while the run writes: one error naming the last
@@ -213,7 +215,7 @@ def _train(
             f"{len(test)} test), run directory {config.out}"
             + (f", {ctx.world_size} processes" if ctx is not None else "")
         )
-    run_dir = Path(config.out)
+    run_dir = Path(config.out)  # type: ignore[arg-type]
     # the loggers finish after test.json and the figures, which become MLflow artifacts
     with _trackers(config, module, validation, main_rank) as trackers:
         history = fit(
@@ -245,7 +247,7 @@ def _train(
             return {}  # rank 0 alone evaluates and writes the figures
         metrics = _test_metrics(config, module, test, history, log)
         metrics["wall_seconds"] = time.perf_counter() - started
-        owner.write_json("test.json", metrics)
+        owner.write_json("test.json", metrics)  # type: ignore[union-attr]
     log(f"wrote {run_dir}")
     return metrics
 
@@ -282,7 +284,7 @@ def _trackers(config: RunConfig, module: Any, validation: Any, main_rank: bool) 
         labels = rest[0][:32].to(config.device) if rest and config.conditional else None
     return open_trackers(
         config.log,
-        config.out,
+        config.out,  # type: ignore[arg-type]
         config=config.to_dict(),
         model=module.model,
         guide=module.guide,
@@ -314,7 +316,7 @@ def _training_data(
     from pyro_vae.train.batches import SemiSupervisedData
 
     x, y = train_ds.tensors
-    labelled, unlabelled = split_labelled(x, y, config.labels, config.num_classes, config.seed)
+    labelled, unlabelled = split_labelled(x, y, config.labels, config.num_classes, config.seed)  # type: ignore[arg-type]
     x_valid, y_valid = valid.tensors
 
     def accuracy(record: dict[str, float]) -> None:
@@ -334,7 +336,7 @@ def _test_metrics(
     y_test = rest[0].to(device) if rest else None
     metrics: dict[str, Any] = {"num_test": len(test), "epochs": len(history)}
     if config.model == "m2":
-        metrics["test_accuracy"] = classification_accuracy(module, x_test, y_test)
+        metrics["test_accuracy"] = classification_accuracy(module, x_test, y_test)  # type: ignore[arg-type]
         metrics["labels"] = config.labels
         log(f"test accuracy {metrics['test_accuracy']:.4f} with {config.labels} labels")
         return metrics
@@ -348,7 +350,7 @@ def _test_metrics(
     )
     if get_part("likelihood", config.likelihood).discrete:
         # a discrete likelihood: the negative ELBO bounds the code length
-        metrics["test_bits_per_dim"] = bits_per_dim(terms["elbo"], config.x_shape)
+        metrics["test_bits_per_dim"] = bits_per_dim(terms["elbo"], config.x_shape)  # type: ignore[arg-type]
     _figures(config, module, x_test, y_test)
     log(
         f"test ELBO {terms['elbo']:.2f} nats per example (reconstruction "
@@ -362,11 +364,11 @@ def _test_metrics(
 def _figures(config: RunConfig, module: Any, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """Samples and reconstructions: image grids for images, per-feature histograms of
     generated rows otherwise."""
-    run_dir = Path(config.out)
+    run_dir = Path(config.out)  # type: ignore[arg-type]
     torch.manual_seed(config.seed)
     labels = None if y is None else y[:64]  # a conditional model needs them
     samples = prior_means(module.model, x[:64], labels)
-    if is_image(config.x_shape):
+    if is_image(config.x_shape):  # type: ignore[arg-type]
         save_images(samples, run_dir / "samples.png")
         recon = reconstruction_means(
             module.model, module.guide, x[:32], None if y is None else y[:32]

@@ -112,8 +112,8 @@ class RunFiles:
         self.path = Path(run_dir) if run_dir is not None else None
         self.active = self.path is not None and writer
         if self.active:
-            writable_dir(self.path)
-            _check_free_space(self.path, params)
+            writable_dir(self.path)  # type: ignore[arg-type]
+            _check_free_space(self.path, params)  # type: ignore[arg-type]
 
     @property
     def checkpoint(self) -> Path | None:
@@ -123,17 +123,17 @@ class RunFiles:
         """Write ``config.json`` and ``metrics.jsonl`` holding exactly ``records`` (the
         history of the checkpoint resumed from, or nothing)."""
         if self.active:
-            (self.path / CONFIG_NAME).write_text(json.dumps(config or {}, indent=2) + "\n")
+            (self.path / CONFIG_NAME).write_text(json.dumps(config or {}, indent=2) + "\n")  # type: ignore[operator]
             lines = "".join(json.dumps(r) + "\n" for r in records)
-            (self.path / METRICS_NAME).write_text(lines)
+            (self.path / METRICS_NAME).write_text(lines)  # type: ignore[operator]
 
     def save(self, state: dict[str, Any]) -> None:
         if self.active:
-            save_checkpoint(self.path / CHECKPOINT_NAME, state)
+            save_checkpoint(self.path / CHECKPOINT_NAME, state)  # type: ignore[operator]
 
     def append(self, record: dict[str, float]) -> None:
         if self.active:
-            with open(self.path / METRICS_NAME, "a") as f:
+            with open(self.path / METRICS_NAME, "a") as f:  # type: ignore[operator]
                 f.write(json.dumps(record) + "\n")
 
 

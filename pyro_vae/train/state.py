@@ -35,7 +35,7 @@ def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
         "random": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],  # type: ignore[attr-defined]
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -162,7 +162,7 @@ def _load_legacy_order(batches: Any, ckpt: dict[str, Any]) -> None:
         state = {"generator": gen, "epoch_generator": epoch_gen, "epoch": epoch}
         batches.load_state_dict({**state, "batches": done, "batch_size": size})
     elif isinstance(batches, batching.TensorBatches) and gen is not None:
-        batches.generator.set_state(epoch_gen if done else gen)
+        batches.generator.set_state(epoch_gen if done else gen)  # type: ignore[arg-type]
         if done:
             batches.start_epoch(epoch)
             batches.position = min(done * batches.batch_size, batches.order.numel())

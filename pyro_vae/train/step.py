@@ -149,7 +149,7 @@ def all_reduce_step(
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
     flags = [loss, loss.new_tensor(float(batch_n)), loss.new_tensor(float(interrupt.requested))]
-    extra = torch.stack(flags).to(grads[0].dtype if grads else loss.dtype)
-    distributed.all_reduce_sum([*grads, extra])
+    extra = torch.stack(flags).to(grads[0].dtype if grads else loss.dtype)  # type: ignore[union-attr]
+    distributed.all_reduce_sum([*grads, extra])  # type: ignore[list-item]
     total, n, stop = extra.tolist()
     return loss.new_tensor(total), int(n), stop > 0

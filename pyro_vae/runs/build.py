@@ -225,12 +225,12 @@ class Run:
         return {"train": train, "valid": valid, "test": test}
 
 
-def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Run:
+def load_run(run_dir: str | Path, *, device: str | torch.device | None = None) -> Run:
     """Rebuild the model of a run directory and load its last checkpoint.
 
     :param run_dir: a directory written by ``pyro-vae train`` / ``semisupervised`` or by
         :func:`~pyro_vae.fit` with a ``config``.
-    :param device: where to put the model.
+    :param device: where to put the model (default: where the checkpoint loads, the CPU).
     :returns: a :class:`Run` with the model, guide, configuration and history.
     :raises ValueError: if the directory is missing, damaged or not a pyro-vae run.
     """
@@ -252,6 +252,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Run:
         raise ValueError(
             f"{path / CHECKPOINT_NAME} does not hold this model's weights ({e})."
         ) from None
-    module.to(device)
+    if device is not None:
+        module.to(device)
     history = list(state.get("history", []))
     return Run(path, config, module, history, int(state.get("epoch", len(history))))

@@ -65,7 +65,8 @@ def fit_semisupervised(
     :param labelled: ``(x, y)`` of the labelled examples.
     :param unlabelled: ``x`` of the unlabelled examples.
     :param epochs: passes over the unlabelled data.
-    :param batch_size: examples per batch (labelled batches hold at most all labels).
+    :param batch_size: examples per batch; unlabelled batches hold at most all unlabelled
+        examples and labelled batches at most all labels.
     :param lr: Adam learning rate (``None``: ``1e-3``, or the checkpoint's on resume).
     :param aux_weight: :math:`\alpha`, the weight of the classification loss per labelled
         example.
@@ -113,7 +114,7 @@ def fit_semisupervised(
         objective=SemiSupervisedELBO(aux_weight),
         lr=lr,
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=min(batch_size, len(unlabelled)) if len(unlabelled) else batch_size,
         seed=seed,
         transform=transform,
         callbacks=[metrics, out_of_time] if log is None else [metrics, log, out_of_time],

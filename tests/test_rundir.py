@@ -365,7 +365,8 @@ def test_non_finite_numbers_become_null_with_a_warning_naming_key_and_cause(tmp_
     reasons = {"nll_stderr": "K=1 importance sample has no standard error"}
     with pytest.warns(NonFiniteWarning) as record:
         run.write_json("evaluation.json", report, reasons=reasons)
-    messages = [str(w.message) for w in record]
+    # only ours: another library may warn while the test runs
+    messages = [str(w.message) for w in record if issubclass(w.category, NonFiniteWarning)]
     assert any(
         "nll_stderr is inf" in m and "K=1 importance sample has no standard error" in m
         for m in messages

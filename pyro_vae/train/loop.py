@@ -198,7 +198,7 @@ def fit(
 
     elbo = make_objective(objective, num_particles)
     set_step = getattr(elbo, "set_step", None)  # schedules, e.g. BetaELBO's KL warm-up
-    loss_fn = elbo(model, guide)
+    loss_fn = elbo(model, guide)  # type: ignore[arg-type]
     probe_x, probe_kw = _probe(batches, train_eval, batch_size, transform, kw_ok)
     if check_data is not None:
         check_data(probe_x)
@@ -277,7 +277,7 @@ def fit(
                     return history
             bar.close()
             seconds = meter.seconds
-            record = {"epoch": epoch + 1, "step": state.step}
+            record: dict[str, float] = {"epoch": epoch + 1, "step": state.step}
             record["train_elbo"] = -meter.loss_sum.item() / max(meter.seen, 1)
             if train_eval is not None:
                 record.update(mean_terms("train", model, guide, *train_eval))

@@ -146,6 +146,23 @@ def test_torchrun_cli_trains_and_resumes(tmp_path):
     assert abs(one["nll"] - two["nll"]) < tolerance, (one["nll"], two["nll"])
 
 
+def test_torchrun_trains_and_resumes_m2(tmp_path):
+    """M2 under torchrun: every rank takes its share of each pair of batches; rank 0
+    alone writes, and the run resumes like any other."""
+    out = tmp_path / "m2"
+    args = ["-m", "pyro_vae", "semisupervised", "--labels", "100", "--epochs", "1"]
+    args += ["--hidden-dims", "16", "--latent-dim", "3", "--no-progress", "--out", str(out)]
+    result = torchrun(2, *args, cwd=tmp_path)
+    assert result.stdout.count("test accuracy") == 1
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert json.loads((out / "test.json").read_text())["test_accuracy"] > 0.2  # chance 0.1
+    resume = ["-m", "pyro_vae", "semisupervised", "--resume", str(out), "--epochs", "2"]
+    torchrun(2, *resume, "--no-progress", cwd=tmp_path)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert all("val_accuracy" in json.loads(line) for line in lines)
+
+
 SHARDED_LL = textwrap.dedent(
     """
     import sys

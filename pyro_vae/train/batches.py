@@ -263,13 +263,24 @@ class SemiSupervisedBatches:
     same pairs as an uninterrupted one. Labelled batches hold at most all labelled
     examples.
 
+    Under ``torchrun`` every rank draws the same pairs of batches (the orders depend on
+    the seed alone) and takes its share of each, ``[rank::world_size]``: the summed
+    gradients are those of one process taking the whole pair.
+
     :param data: the labelled and unlabelled examples, on the device.
     :param batch_size: unlabelled (and labelled) examples per step.
+    :param ctx: the process group under ``torchrun``, else ``None``.
     """
 
     x_keys: tuple[str, ...] = ("x_labelled",)
 
-    def __init__(self, data: SemiSupervisedData, batch_size: int) -> None:
+    def __init__(
+        self,
+        data: SemiSupervisedData,
+        batch_size: int,
+        ctx: distributed.Context | None = None,
+    ) -> None:
+        self.shard = slice(None) if ctx is None else slice(ctx.rank, None, ctx.world_size)
         self.unlabelled = TensorBatches(data.unlabelled, None, batch_size)
         self.generator = self.unlabelled.generator  # one generator for both orders
         self.x_l, self.y_l = data.labelled
@@ -306,8 +317,9 @@ class SemiSupervisedBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         for xu, _ in self.unlabelled:
-            idx = self._labelled_batch()
-            yield xu, {"x_labelled": self.x_l[idx], "y_labelled": self.y_l[idx]}
+            idx = self._labelled_batch()[self.shard]
+            labelled = {"x_labelled": self.x_l[idx], "y_labelled": self.y_l[idx]}
+            yield xu[self.shard], labelled
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -348,9 +360,21 @@ def make_batches(
         the data, or a DataLoader that does not shard its data under ``torchrun``.
     """
     if isinstance(data, SemiSupervisedData):
-        if ctx is not None:
-            raise ValueError("Semi-supervised data trains in one process; run it without torchrun.")
         (x_l, y_l), x_u = data.labelled, data.unlabelled
+        world = 1 if ctx is None else ctx.world_size
+        lab = min(batch_size, x_l.shape[0])
+        sizes = (
+            batch_size,
+            x_u.shape[0] % batch_size or batch_size,
+            lab,
+            x_l.shape[0] % lab or lab,
+        )
+        if min(sizes) < world:
+            raise ValueError(
+                f"Under torchrun with {world} processes every batch must hold at least "
+                f"{world} unlabelled and {world} labelled examples; raise the batch size or "
+                "the number of labels, or use fewer processes."
+            )
         check_x(x_u, "unlabelled data")
         check_x(x_l, "labelled data")
         if y_l.shape[0] != x_l.shape[0]:
@@ -363,7 +387,7 @@ def make_batches(
             check_data(x_u)
             check_data(x_l)
         moved = SemiSupervisedData((x_l.to(device), y_l.to(device)), x_u.to(device))
-        return SemiSupervisedBatches(moved, batch_size)
+        return SemiSupervisedBatches(moved, batch_size, ctx)
     xy = as_xy(data)
     if xy is not None:
         x, y = xy

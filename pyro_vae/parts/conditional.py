@@ -125,7 +125,11 @@ class ConditionalNet(nn.Module):
 
 def call_net(net: nn.Module, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """``net(inputs, y)`` for a conditional network (``net.conditional`` true), else
-    ``net(inputs)``: unconditional parts ignore labels."""
+    ``net(inputs)``: unconditional parts ignore labels. Inputs of another dtype than the
+    network's parameters (integer counts, float64 arrays) are converted to it."""
+    weight = next(net.parameters(), None)
+    if weight is not None and inputs.dtype != weight.dtype:
+        inputs = inputs.to(weight.dtype)
     return net(inputs, y) if getattr(net, "conditional", False) else net(inputs)
 
 

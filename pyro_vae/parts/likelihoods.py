@@ -33,6 +33,7 @@ __all__ = [
     "DiscretizedLogisticLikelihood",
     "Likelihood",
     "NormalLikelihood",
+    "PoissonLikelihood",
     "bits_per_dim",
 ]
 
@@ -295,6 +296,45 @@ class DiscretizedLogisticLikelihood(Likelihood):
     def decoder_shape(cls, x_shape: Sequence[int]) -> tuple[int, ...]:
         """``(2, *x_shape)``: the location and the raw scale of each pixel."""
         return (2, *x_shape)
+
+
+def check_counts(name: str, x: torch.Tensor, upper: int | None = None) -> None:
+    """Raise :class:`ValueError` unless ``x`` holds whole numbers ``>= 0`` (``<= upper``)."""
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{name} needs counts (whole numbers >= 0), got dtype {x.dtype}.")
+    if torch.is_floating_point(x) and bool((x != torch.round(x)).any()):
+        example = x[x != torch.round(x)].flatten()[0].item()
+        raise ValueError(
+            f"{name} needs counts (whole numbers >= 0), but found {example:g}; use a "
+            "likelihood for continuous data (normal, cbernoulli) or round the counts."
+        )
+    if x.numel() and bool((x < 0).any()):
+        raise ValueError(f"{name} needs counts >= 0, but found {x.min().item():g}.")
+    if upper is not None and x.numel() and bool((x > upper).any()):
+        raise ValueError(
+            f"{name} with --trials {upper} needs counts in [0, {upper}], but found "
+            f"{x.max().item():g}; raise --trials to the largest possible count."
+        )
+
+
+class PoissonLikelihood(Likelihood):
+    r"""Independent Poisson counts, :math:`p(x \mid z) = \prod_i \mathrm{Poisson}(x_i;\
+    \lambda_i)` with :math:`\log \lambda = f(z)`: the decoder outputs log-rates. For count
+    data (events, words, reads) whose variance is close to their mean; overdispersed counts
+    want :class:`NegativeBinomialLikelihood`.
+
+    Counts may be integer tensors or floats holding whole numbers; anything else is refused.
+    """
+
+    part_name = "poisson"
+    summary = "Poisson counts with a log-rate decoder"
+    discrete = True
+
+    def make_dist(self, log_rate: torch.Tensor) -> dist.Distribution:
+        return dist.Poisson(log_rate.clamp(max=30.0).exp()).to_event(len(self.x_shape))
+
+    def check_data(self, x: torch.Tensor) -> None:
+        check_counts(type(self).__name__, x)
 
 
 def bits_per_dim(log_prob: torch.Tensor | float, x_shape: Sequence[int]) -> torch.Tensor | float:

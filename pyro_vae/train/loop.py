@@ -13,8 +13,9 @@ The pieces live next to this loop: :mod:`~pyro_vae.train.batches` (data and batc
 policies), :mod:`~pyro_vae.train.params` (parameters, device, optimizer),
 :mod:`~pyro_vae.train.step` (one step, reductions over ranks, the NaN policy),
 :mod:`~pyro_vae.train.state` (what a checkpoint saves and restores),
-:mod:`~pyro_vae.train.records` (history, run directory, messages) and
-:mod:`~pyro_vae.train.interrupt` (Ctrl-C and SIGTERM).
+:mod:`~pyro_vae.train.records` (history, run directory, messages),
+:mod:`~pyro_vae.train.schedule` (learning-rate schedules and early stopping, once per
+epoch) and :mod:`~pyro_vae.train.interrupt` (Ctrl-C and SIGTERM).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ from pyro_vae.train.records import (
     mean_terms,
     writable_dir,
 )
+from pyro_vae.train.schedule import (
+    EarlyStopping,
+    EpochEnd,
+    SchedulerFactory,
+    check_scheduler,
+    make_schedule,
+)
 from pyro_vae.train.state import TrainingState
 from pyro_vae.train.step import NAN_POLICIES, EpochMeter, Stepper
 
@@ -65,6 +73,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
     "METRICS_NAME",
+    "EarlyStopping",
     "History",
     "TrainingDivergedError",
     "fit",
@@ -100,6 +109,9 @@ def fit(
     eval_examples: int = 2000,
     on_nan: str = "raise",
     capture: bool | None = None,
+    scheduler: str | SchedulerFactory | None = None,
+    early_stopping: EarlyStopping | None = None,
+    clip_grad_norm: float | None = None,
 ) -> History:
     r"""Train a model/guide pair by stochastic variational inference, maximising
 
@@ -160,6 +172,23 @@ def fit(
         ``vae.model``), whose structure is fixed by their modules; ``True`` also tries
         other callables; ``False`` always runs the Pyro path. Objectives with a schedule
         (``set_step``, e.g. KL warm-up) always run the Pyro path.
+    :param scheduler: a learning-rate schedule stepped once per epoch: ``"step"``,
+        ``"cosine"`` (over ``epochs``) or ``"plateau"`` (on the validation ELBO), see
+        :func:`~pyro_vae.train.schedule.lr_scheduler` for their settings; or a factory
+        ``optimizer -> scheduler`` of ``torch.optim.lr_scheduler``, e.g.
+        ``functools.partial(StepLR, step_size=5, gamma=0.5)``. Its state is checkpointed.
+        With a schedule, ``lr`` on resume is the schedule's initial learning rate: a
+        different one scales the whole schedule, the same one changes nothing.
+    :param early_stopping: an :class:`~pyro_vae.train.schedule.EarlyStopping`: stop after
+        its ``patience`` epochs without a better validation ELBO (needs
+        ``validation_data``), and put the best epoch's parameters (modules and param
+        store) back when training ends; ``history.restored_epoch`` names that epoch. Its
+        state, best parameters included, is checkpointed, and the final checkpoint holds
+        the restored parameters.
+    :param clip_grad_norm: scale the gradient of all parameters together down to this
+        norm when it is larger (:func:`torch.nn.utils.clip_grad_norm_`), after it is
+        complete (summed over ranks) and before the optimizer step. Each epoch's record
+        holds the mean norm before clipping as ``grad_norm``.
 
     Ctrl-C (SIGINT) finishes the current step, writes a checkpoint to ``run_dir`` (also in
     the middle of an epoch) and returns the history with ``history.interrupted = True``;
@@ -175,6 +204,10 @@ def fit(
         raise ValueError(f"on_nan must be 'raise', 'skip' or 'reduce_lr', got {on_nan!r}.")
     if lr is not None:
         check_number("lr", lr, positive=True)
+    if clip_grad_norm is not None:
+        check_number("clip_grad_norm", clip_grad_norm, positive=True)
+    check_scheduler(scheduler)
+    _check_early_stopping(early_stopping, validation_data)
     modules = owner_modules(model, guide)
     ctx = distributed.context()
     writer = ctx is None or ctx.is_main  # only rank 0 writes files and progress
@@ -210,6 +243,7 @@ def fit(
             "PyroModule) or register networks with pyro.module / pyro.param."
         )
     optim = optimizer(params) if optimizer else default_optimizer(params, lr or 1e-3, device)
+    schedule = make_schedule(scheduler, optim, epochs=epochs, has_validation=val is not None)
     # Replays the loss and gradient as one recorded graph where that is verified to equal
     # the Pyro path (capture.py); a schedule (set_step) changes the program between steps.
     if capture is None:
@@ -225,9 +259,14 @@ def fit(
         ctx=ctx,
         config=config,
     )
+    epoch_end = EpochEnd(schedule, early_stopping, state.weights, state.load_weights)
+    state.stateful = epoch_end.stateful
     if resume is not None:
         resume = Path(resume)
-        state.load(load_checkpoint(resume / CHECKPOINT_NAME if resume.is_dir() else resume), lr)
+        ckpt = load_checkpoint(resume / CHECKPOINT_NAME if resume.is_dir() else resume)
+        state.load(ckpt, lr if schedule is None else None)
+        if schedule is not None and lr is not None:
+            schedule.set_initial_lr(lr)
     if ctx is not None:
         distributed.broadcast_from_main([p.detach() for p in params])
     files.start(config, state.history.records)
@@ -240,11 +279,23 @@ def fit(
         ctx=ctx,
         on_nan=on_nan,
         run_path=files.path,
+        clip_grad_norm=clip_grad_norm,
     )
     history = state.history
+
+    def evaluate() -> dict[str, float]:
+        """The epoch's ELBO terms on the training subset and the validation data."""
+        terms = {} if train_eval is None else mean_terms("train", model, guide, *train_eval)
+        if val is not None:
+            terms.update(mean_terms("val", model, guide, *val, ctx=ctx))
+        if hasattr(elbo, "weight"):
+            terms["kl_weight"] = elbo.weight
+        return terms
+
     interrupt = InterruptFlag()
     with interrupt, pyro.validation_enabled(False):
-        for epoch in range(state.epoch, epochs):
+        # a resumed run that early stopping had already ended trains no further
+        for epoch in range(state.epoch, state.epoch if epoch_end.stopped else epochs):
             meter = _begin_epoch(state, epoch, device)
             bar = tqdm(
                 total=len(batches),
@@ -276,20 +327,11 @@ def fit(
                         tqdm.write(interrupted_message(*where))
                     return history
             bar.close()
-            seconds = meter.seconds
-            record: dict[str, float] = {"epoch": epoch + 1, "step": state.step}
-            record["train_elbo"] = -meter.loss_sum.item() / max(meter.seen, 1)
-            if train_eval is not None:
-                record.update(mean_terms("train", model, guide, *train_eval))
-            if val is not None:
-                record.update(mean_terms("val", model, guide, *val, ctx=ctx))
-            if hasattr(elbo, "weight"):
-                record["kl_weight"] = elbo.weight
-            record["lr"] = optim.param_groups[0]["lr"]
-            record.update(seconds=seconds, examples_per_s=meter.seen_now / seconds)
-            if on_nan != "raise":
-                record["skipped_steps"] = meter.skipped
+            record = _epoch_record(epoch, state.step, meter, evaluate, optim, on_nan)
+            if clip_grad_norm is not None:
+                record["grad_norm"] = meter.mean_grad_norm
             stop = any([bool(cb(record)) for cb in callbacks])  # they may add entries
+            stop = epoch_end(record) or stop  # early stopping, then the schedule steps
             history.records.append(record)
             state.epoch = epoch + 1
             # the checkpoint first: a crash before the metrics line is repaired on resume
@@ -304,13 +346,71 @@ def fit(
                 break
             if stop:
                 break
+    if not history.interrupted:
+        _restore_best(epoch_end, state, files, progress)
     return history
+
+
+def _check_early_stopping(early_stopping: Any, validation_data: Any) -> None:
+    if early_stopping is None:
+        return
+    if not isinstance(early_stopping, EarlyStopping):
+        raise ValueError(
+            f"early_stopping must be an EarlyStopping(patience, min_delta) or None, got "
+            f"{early_stopping!r}."
+        )
+    if validation_data is None:
+        raise ValueError(
+            "Early stopping watches the validation ELBO; pass validation_data (held-out "
+            "examples), or drop early_stopping."
+        )
+
+
+def _epoch_record(
+    epoch: int,
+    step: int,
+    meter: EpochMeter,
+    evaluate: Callable[[], dict[str, float]],
+    optim: torch.optim.Optimizer,
+    on_nan: str,
+) -> dict[str, float]:
+    """The record of epoch ``epoch`` (0-based) that just ended; ``lr`` is the learning
+    rate it trained with."""
+    seconds = meter.seconds
+    record: dict[str, float] = {"epoch": epoch + 1, "step": step}
+    record["train_elbo"] = -meter.loss_sum.item() / max(meter.seen, 1)
+    record.update(evaluate())
+    record["lr"] = optim.param_groups[0]["lr"]
+    record.update(seconds=seconds, examples_per_s=meter.seen_now / seconds)
+    if on_nan != "raise":
+        record["skipped_steps"] = meter.skipped
+    return record
+
+
+def _restore_best(
+    epoch_end: EpochEnd, state: TrainingState, files: RunFiles, progress: bool
+) -> None:
+    """At the end of training, put early stopping's best parameters back, and write them
+    as the checkpoint's parameters (the last epoch's go under ``trained_weights``)."""
+    trained = epoch_end.restore_best(state.epoch)
+    if trained is None:
+        return
+    best = epoch_end.early_stopping
+    state.history.restored_epoch = best.best_epoch  # type: ignore[union-attr]
+    ckpt = state.state_dict(state.epoch)
+    ckpt["trained_weights"] = trained
+    files.save(ckpt)  # collective: on every rank
+    if progress:
+        tqdm.write(
+            f"early stopping: restored the parameters of epoch {best.best_epoch} "  # type: ignore[union-attr]
+            f"(val ELBO {best.best:.2f})"  # type: ignore[union-attr]
+        )
 
 
 def _begin_epoch(state: TrainingState, epoch: int, device: torch.device) -> EpochMeter:
     """Start epoch ``epoch``, or continue the one a mid-epoch checkpoint stopped in."""
     if epoch == state.epoch and state.partial is not None:
-        meter = EpochMeter.new(device, *state.partial)
+        meter = EpochMeter.new(device, **state.partial)
         state.partial = None
         return meter
     state.batches.start_epoch(epoch)

@@ -58,6 +58,9 @@ class History:
     records: list[dict[str, float]] = field(default_factory=list)
     #: True when training stopped early on Ctrl-C (SIGINT); the run is resumable.
     interrupted: bool = False
+    #: the epoch (1-based) whose parameters early stopping put back at the end; ``None``
+    #: when the last epoch's were kept
+    restored_epoch: int | None = None
 
     def __getitem__(self, key: str) -> list[float]:
         return [r[key] for r in self.records if key in r]

@@ -7,7 +7,12 @@ A checkpoint is the dict of :meth:`TrainingState.state_dict`, written with
 the current epoch for a mid-epoch checkpoint), ``step``, ``modules``, ``param_store``,
 ``optimizer``, ``rng``, ``rng_per_rank``, ``data`` (the batching policy's ``state_dict``),
 ``transform``, ``history``, ``config``; a mid-epoch checkpoint adds ``batch_in_epoch``,
-``loss_sum`` and ``seen``.
+``loss_sum`` and ``seen`` (and ``grad_norm_sum``, ``grad_norm_steps`` with gradient
+clipping). With a learning-rate schedule or early stopping, ``scheduler`` and
+``early_stopping`` hold their states (:mod:`~pyro_vae.train.schedule`). When early stopping
+has put the best epoch's parameters back at the end, ``modules`` and ``param_store`` hold
+those (what the run produced) and ``trained_weights`` the parameters of the last epoch,
+from which a resumed run continues training.
 """
 
 from __future__ import annotations
@@ -84,14 +89,32 @@ class TrainingState:
         transform: Any,
         ctx: distributed.Context | None,
         config: dict[str, Any] | None,
+        stateful: dict[str, Any] | None = None,
     ) -> None:
         self.modules, self.optim, self.batches = modules, optim, batches
         self.param_names, self.transform = param_names, transform
         self.ctx, self.config = ctx, config or {}
+        #: more pieces with ``state_dict``/``load_state_dict``, saved under their keys
+        self.stateful = stateful or {}
         self.epoch, self.step = 0, 0
         self.history = History()
-        #: ``(loss_sum, seen)`` of the epoch a mid-epoch checkpoint stopped in.
-        self.partial: tuple[torch.Tensor, int] | None = None
+        #: the running totals (:meth:`EpochMeter.new` arguments) of the epoch a mid-epoch
+        #: checkpoint stopped in
+        self.partial: dict[str, Any] | None = None
+
+    def weights(self) -> dict[str, Any]:
+        """Copies of the parameters: the modules' state dicts and the param-store sites."""
+        return {
+            "modules": [
+                {k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules
+            ],
+            "param_store": param_store_state(self.param_names),
+        }
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        """Put back parameters copied by :meth:`weights` (in place)."""
+        load_module_states(self.modules, weights["modules"])
+        load_param_store(weights.get("param_store", {}))
 
     def state_dict(self, epoch: int, meter: EpochMeter | None = None) -> dict[str, Any]:
         """The checkpoint after ``epoch`` epochs, or inside epoch ``epoch`` (0-based) when
@@ -102,6 +125,8 @@ class TrainingState:
                 "batch_in_epoch": self.batches.batches_done,
                 "loss_sum": meter.loss_sum.detach().cpu(),
                 "seen": meter.seen,
+                "grad_norm_sum": meter.grad_norm_sum.detach().cpu(),
+                "grad_norm_steps": meter.grad_norm_steps,
             }
             if meter is not None
             else {}
@@ -119,13 +144,14 @@ class TrainingState:
             "transform": getattr(self.transform, "state_dict", lambda: None)(),
             "history": self.history.records,
             "config": self.config,
+            **{key: piece.state_dict() for key, piece in self.stateful.items()},
         }
 
     def load(self, ckpt: dict[str, Any], lr: float | None = None) -> None:
         """Continue from a checkpoint; ``lr`` (if given) replaces the learning rate of
         every parameter group of the restored optimizer."""
-        load_module_states(self.modules, ckpt["modules"])
-        load_param_store(ckpt.get("param_store", {}))
+        # where early stopping put the best parameters back, training goes on from the last
+        self.load_weights(ckpt.get("trained_weights") or ckpt)
         try:
             self.optim.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:
@@ -144,10 +170,16 @@ class TrainingState:
             _load_legacy_order(self.batches, ckpt)
         if self.transform is not None and ckpt.get("transform") is not None:
             self.transform.load_state_dict(ckpt["transform"])
+        for key, piece in self.stateful.items():
+            if ckpt.get(key) is not None:  # else it starts now, as it would in a new run
+                piece.load_state_dict(ckpt[key])
         self.history.records = list(ckpt["history"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         if int(ckpt.get("batch_in_epoch", 0)):
-            self.partial = (ckpt["loss_sum"], int(ckpt["seen"]))
+            self.partial = {"loss_sum": ckpt["loss_sum"], "seen": int(ckpt["seen"])}
+            if "grad_norm_sum" in ckpt:
+                self.partial["grad_norm_sum"] = ckpt["grad_norm_sum"]
+                self.partial["grad_norm_steps"] = int(ckpt["grad_norm_steps"])
 
 
 def _load_legacy_order(batches: Any, ckpt: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """One optimisation step of :func:`~pyro_vae.train.loop.fit`: the loss and its gradient
-(Pyro path or a captured graph), the sum over ranks under ``torchrun``, the NaN policy and
-the optimizer update, accumulated into the epoch's running totals."""
+(Pyro path or a captured graph), the sum over ranks under ``torchrun``, the NaN policy,
+gradient clipping and the optimizer update, accumulated into the epoch's running totals."""
 
 from __future__ import annotations
 
@@ -29,23 +29,41 @@ MAX_BAD_RUN = 10
 class EpochMeter:
     """Running totals of one epoch; ``loss_sum`` stays on the device. ``seen`` counts the
     examples of the whole epoch (restored on a mid-epoch resume), ``seen_now`` those of
-    this call, for the throughput."""
+    this call, for the throughput. With gradient clipping, ``grad_norm_sum`` adds up the
+    gradient norms before clipping (on the device) over ``grad_norm_steps`` steps."""
 
     loss_sum: torch.Tensor
+    grad_norm_sum: torch.Tensor
     seen: int = 0
     seen_now: int = 0
     skipped: int = 0
     bad_run: int = 0
+    grad_norm_steps: int = 0
     bad_step: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def new(cls, device: torch.device, loss_sum: torch.Tensor | None = None, seen: int = 0):
-        total = torch.zeros((), device=device)
+    def new(
+        cls,
+        device: torch.device,
+        loss_sum: torch.Tensor | None = None,
+        seen: int = 0,
+        grad_norm_sum: torch.Tensor | None = None,
+        grad_norm_steps: int = 0,
+    ) -> EpochMeter:
+        """Totals of a new epoch, or of one continued from a mid-epoch checkpoint."""
+        total, norms = torch.zeros((), device=device), torch.zeros((), device=device)
         if loss_sum is not None:
             total += loss_sum.to(device)
+        if grad_norm_sum is not None:
+            norms += grad_norm_sum.to(device)
         bad = torch.full((), -1, dtype=torch.long, device=device)
-        return cls(total, seen=seen, bad_step=bad)
+        return cls(total, norms, seen=seen, grad_norm_steps=grad_norm_steps, bad_step=bad)
+
+    @property
+    def mean_grad_norm(self) -> float:
+        """The mean gradient norm before clipping over the steps so far (a host sync)."""
+        return self.grad_norm_sum.item() / max(self.grad_norm_steps, 1)
 
     def check_finite(self, run_path: Path | None) -> float:
         """The running loss as a float (one host sync); raises if it is not finite."""
@@ -71,6 +89,10 @@ class Stepper:
     :param ctx: the ``torchrun`` process group, or ``None``.
     :param on_nan: one of :data:`NAN_POLICIES`.
     :param run_path: the run directory, named in the divergence message.
+    :param clip_grad_norm: the largest norm of the gradient (of all parameters together)
+        the optimizer is given; a larger one is scaled down to it
+        (:func:`torch.nn.utils.clip_grad_norm_`) once it is complete, i.e. summed over the
+        ranks under ``torchrun``. ``None``: no clipping.
     """
 
     def __init__(
@@ -84,10 +106,12 @@ class Stepper:
         ctx: distributed.Context | None,
         on_nan: str,
         run_path: Path | None,
+        clip_grad_norm: float | None = None,
     ) -> None:
         self.loss_fn, self.params, self.optim = loss_fn, params, optim
         self.captured, self.set_step, self.ctx = captured, set_step, ctx
         self.guard, self.on_nan, self.run_path = on_nan != "raise", on_nan, run_path
+        self.clip_grad_norm = clip_grad_norm
 
     def __call__(
         self,
@@ -122,6 +146,10 @@ class Stepper:
                     group["lr"] *= 0.5
             return
         meter.bad_run = 0
+        if self.clip_grad_norm is not None:  # the gradient is complete (summed over ranks)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+            meter.grad_norm_sum += norm.detach()
+            meter.grad_norm_steps += 1
         self.optim.step()
         meter.loss_sum += loss
         if not self.guard:  # the first bad step, found without a host sync

@@ -14,6 +14,8 @@ from pyro_vae.parts import part_options, registered
 from pyro_vae.parts.registry import option_users
 from pyro_vae.runs import DATASETS, RunConfig, resume_config, train_run
 from pyro_vae.runs.config import BINARIZATIONS, NETWORKS
+from pyro_vae.train.schedule import SCHEDULES
+from pyro_vae.train.tracking import INSTALL, TRACKERS
 
 DEFAULTS = RunConfig()
 
@@ -141,6 +143,57 @@ def add_run_arguments(p: argparse.ArgumentParser, opt: Any, d: RunConfig) -> Non
     opt("--epochs", type=int, default=d.epochs, help="total number of epochs")
     opt("--batch-size", type=int, default=d.batch_size, help="examples per step")
     opt("--lr", type=float, default=d.lr, help="Adam learning rate (applied on --resume too)")
+    opt(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="learning-rate schedule, stepped once per epoch: step (times --lr-gamma every "
+        "--lr-step-size epochs), cosine (from --lr to 0 over --epochs), plateau (times "
+        "--lr-gamma after --lr-patience epochs without a better validation ELBO)",
+    )
+    opt("--lr-step-size", type=int, default=d.lr_step_size, help="epochs between step decays")
+    opt("--lr-gamma", type=float, default=d.lr_gamma, help="decay factor of step and plateau")
+    opt(
+        "--lr-patience",
+        type=int,
+        default=d.lr_patience,
+        help="epochs without a better validation ELBO before plateau decays",
+    )
+    opt(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping: stop after this many epochs without a better validation ELBO, "
+        "and keep the parameters of the best epoch",
+    )
+    opt(
+        "--min-delta",
+        type=float,
+        default=d.min_delta,
+        help="early stopping: the least rise of the validation ELBO (nats) that counts",
+    )
+    opt(
+        "--clip-grad-norm",
+        type=float,
+        default=None,
+        help="clip the gradient of all parameters together to this norm (the loss sums over "
+        "the batch, so the norm grows with --batch-size); each epoch records the mean norm "
+        "before clipping as grad_norm",
+    )
+    opt(
+        "--log",
+        choices=TRACKERS,
+        nargs="+",
+        action="extend",
+        default="none",
+        help="also log to TensorBoard (RUN_DIR/tensorboard) and/or MLflow (--mlflow-uri); "
+        f"needs the tracking extra: {INSTALL}",
+    )
+    opt(
+        "--mlflow-uri",
+        default="RUN_DIR/mlruns",
+        help="MLflow tracking URI or folder for --log mlflow (no server needed for a folder)",
+    )
     opt(
         "--time-budget",
         type=float,

@@ -19,6 +19,8 @@ from typing import Any
 from pyro_vae._checks import check_count, check_number
 from pyro_vae.objectives import OBJECTIVES, make_objective
 from pyro_vae.parts import get_part, part_options, registered
+from pyro_vae.train.schedule import SCHEDULES, lr_scheduler
+from pyro_vae.train.tracking import TRACKERS
 
 __all__ = ["DATASETS", "MODEL_FIELDS", "RunConfig"]
 
@@ -87,6 +89,17 @@ class RunConfig:
     device: str = "cpu"
     seed: int = 0
     out: str | None = None
+    # learning-rate schedule, early stopping, clipping (pyro_vae.train.schedule)
+    lr_schedule: str | None = None
+    lr_step_size: int = 10
+    lr_gamma: float = 0.1
+    lr_patience: int = 5
+    patience: int | None = None
+    min_delta: float = 0.0
+    clip_grad_norm: float | None = None
+    # logging to tracking tools (pyro_vae.train.tracking)
+    log: list[str] = field(default_factory=list)
+    mlflow_uri: str | None = None
     # derived from the data
     x_shape: list[int] | None = None
     num_classes: int | None = None
@@ -245,8 +258,49 @@ class RunConfig:
             check_number("--time-budget", self.time_budget, positive=True)
         if self.dataset == "file" and not self.data_file:
             raise ValueError("--dataset file needs --data-file PATH (.npy, .npz or .pt).")
+        self._validate_training_tools()
         self.make_objective()  # refuses combinations such as iwae with --beta
         return self
+
+    def _validate_training_tools(self) -> None:
+        """The learning-rate schedule, early stopping, clipping and tracking options."""
+        if self.lr_schedule is not None:
+            _choice("--lr-schedule", self.lr_schedule, SCHEDULES)
+        for flag, name, schedules in (
+            ("--lr-step-size", "lr_step_size", ("step",)),
+            ("--lr-gamma", "lr_gamma", ("step", "plateau")),
+            ("--lr-patience", "lr_patience", ("plateau",)),
+        ):
+            if self.lr_schedule not in schedules and getattr(self, name) != _default(name):
+                raise ValueError(
+                    f"{flag} has no effect without --lr-schedule {' or '.join(schedules)}; "
+                    "drop it or choose that schedule."
+                )
+        if self.lr_schedule is not None:
+            lr_scheduler(  # checks the settings the schedule uses
+                self.lr_schedule,
+                epochs=self.epochs,
+                step_size=self.lr_step_size,
+                gamma=self.lr_gamma,
+                patience=self.lr_patience,
+            )
+        if self.patience is not None:
+            check_count("--patience", self.patience)
+        check_number("--min-delta", self.min_delta, minimum=0)
+        if self.patience is None and self.min_delta != _default("min_delta"):
+            raise ValueError("--min-delta has no effect without --patience N; add --patience.")
+        if self.model == "m2" and (self.patience is not None or self.lr_schedule == "plateau"):
+            raise ValueError(
+                "--patience and --lr-schedule plateau watch the validation ELBO, which the "
+                "semi-supervised run does not compute; drop them (use --lr-schedule step or "
+                "cosine)."
+            )
+        if self.clip_grad_norm is not None:
+            check_number("--clip-grad-norm", self.clip_grad_norm, positive=True)
+        for tool in self.log:
+            _choice("--log", tool, TRACKERS)
+        if self.mlflow_uri is not None and "mlflow" not in self.log:
+            raise ValueError("--mlflow-uri has no effect without --log mlflow; add it.")
 
     def make_objective(self) -> Any:
         """The objective of this run (an :class:`~pyro.infer.ELBO`)."""
@@ -266,6 +320,12 @@ class RunConfig:
             grayscale = self.dataset != "binarized-mnist"
             self.binarize = "dynamic" if self.likelihood == "bernoulli" and grayscale else "none"
         return self
+
+
+def _default(name: str) -> Any:
+    """The default of a field of :class:`RunConfig`."""
+    (f,) = [f for f in dataclasses.fields(RunConfig) if f.name == name]
+    return f.default
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

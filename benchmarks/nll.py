@@ -15,7 +15,9 @@ Configurations (``--config``):
 - ``best``: VampPrior trained with the IWAE bound (K=5).
 
 Training stops at ``--time-budget`` seconds (checked after each epoch), at ``--epochs``, or
-after ``--patience`` epochs without a better validation ELBO. The result goes to
+after ``--patience`` epochs without a better validation ELBO; ``fit``'s early stopping
+(:class:`~pyro_vae.train.schedule.EarlyStopping`) then puts the parameters of the best
+epoch back. The result goes to
 ``benchmarks/results/nll-<config>.json``. Long runs belong in the background::
 
     nohup python benchmarks/nll.py --config vae --time-budget 7200 &
@@ -24,10 +26,8 @@ after ``--patience`` epochs without a better validation ELBO. The result goes to
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
-import math
 import os
 import platform
 import resource
@@ -40,6 +40,7 @@ import torch
 from pyro_vae import fit, load_binarized_mnist
 from pyro_vae.check.loglik import log_likelihood
 from pyro_vae.runs import RunConfig, build_model
+from pyro_vae.train.schedule import EarlyStopping
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,8 +63,8 @@ def model_config(name: str) -> RunConfig:
         "prior": "normal",
         "guide": "diagonal",
     }
-    changes = {k: v for k, v in CONFIGS[name].items() if k not in ("objective",)}
-    return RunConfig().replace(**base, **changes).validate()
+    changes = {k: v for k, v in CONFIGS[name].items() if k not in ("objective", "particles")}
+    return RunConfig().replace(**{**base, **changes}).validate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,18 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     config = model_config(args.config)
     vae = build_model(config)
 
-    best: dict = {"val_elbo": -math.inf, "state": None, "epoch": 0}
+    early_stopping = EarlyStopping(patience=args.patience)
     start = time.perf_counter()
 
-    def keep_best(record: dict) -> bool:
-        if record["val_elbo"] > best["val_elbo"]:
-            best.update(
-                val_elbo=record["val_elbo"],
-                state=copy.deepcopy(vae.state_dict()),
-                epoch=int(record["epoch"]),
-            )
-        out_of_time = time.perf_counter() - start >= args.time_budget
-        return out_of_time or record["epoch"] - best["epoch"] >= args.patience
+    def out_of_time(record: dict) -> bool:
+        return time.perf_counter() - start >= args.time_budget
 
     history = fit(
         vae.model,
@@ -119,28 +113,32 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         validation_data=valid,
         seed=args.seed,
-        callbacks=[keep_best],
+        callbacks=[out_of_time],
+        early_stopping=early_stopping,  # puts the best epoch's parameters back at the end
         progress=False,
     )
     train_seconds = time.perf_counter() - start
-    vae.load_state_dict(best["state"])
     if args.save:
-        torch.save(best["state"], args.save)
+        torch.save(vae.state_dict(), args.save)
     t0 = time.perf_counter()
     ll = log_likelihood(vae.model, vae.guide, test, num_samples=args.num_samples)
     eval_seconds = time.perf_counter() - t0
     result = {
         "kind": "nll",
         "config": args.config,
-        "model": {**config, "objective": spec["objective"], "num_particles": spec["particles"]},
+        "model": {
+            **config.to_dict(),
+            "objective": spec["objective"],
+            "num_particles": spec["particles"],
+        },
         "test_nll": -ll.mean,
         "test_nll_stderr": ll.mean_stderr,
         "num_samples": args.num_samples,
         "test_examples": test.shape[0],
         "train_examples": train.shape[0],
         "epochs_trained": len(history),
-        "best_epoch": best["epoch"],
-        "best_val_elbo": best["val_elbo"],
+        "best_epoch": early_stopping.best_epoch,
+        "best_val_elbo": early_stopping.best,
         "train_seconds": train_seconds,
         "time_budget_s": args.time_budget,
         "eval_seconds": eval_seconds,

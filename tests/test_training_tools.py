@@ -274,6 +274,28 @@ def test_named_schedules_follow_their_formulas_and_round_trip(tmp_path):
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.25
 
 
+def test_a_new_lr_on_resume_scales_the_schedule():
+    """fit(lr=...) on resume with a schedule: the same initial rate changes nothing, a
+    different one scales every rate of the schedule, current and to come."""
+    p = [nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.SGD(p, lr=1.0)
+    step = make_schedule(
+        lr_scheduler("step", step_size=2, gamma=0.5), opt, epochs=6, has_validation=False
+    )
+    for _ in range(3):
+        opt.step()
+        step.step({})
+    step.set_initial_lr(1.0)
+    assert opt.param_groups[0]["lr"] == 0.5
+    step.set_initial_lr(4.0)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(3):
+        opt.step()
+        step.step({})
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [2.0, 1.0, 1.0, 0.5]  # 4 * 0.5 ** (epoch // 2) for epochs 3..6
+
+
 def test_tensorboard_scalars_images_and_hparams_read_back(data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -429,3 +451,14 @@ def test_cli_trains_with_every_tool_and_logs_to_both(small_cli_args, tmp_path):
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"test.json", "samples.png", "tensorboard"} <= artifacts
     assert len(client.get_metric_history(run.info.run_id, "lr")) == 3
+    # resumed for one more epoch: the ended cosine schedule stays at zero (and says so),
+    # and both logs go on where they were: one MLflow run, TensorBoard steps 1..4
+    with pytest.warns(UserWarning, match="cosine schedule ended at epoch 3"):
+        assert main(["train", "--resume", str(out), "--epochs", "4", "--no-progress"]) == 0
+    (again,) = client.search_runs([run.info.experiment_id])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    lrs = client.get_metric_history(run.info.run_id, "lr")
+    assert [m.step for m in lrs] == [1, 2, 3, 4] and lrs[-1].value == 0.0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val_elbo")] == [1, 2, 3, 4]

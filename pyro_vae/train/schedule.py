@@ -194,10 +194,11 @@ class EpochSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a checkpointed schedule: its progress (epochs counted, the plateau's
         best value and counters) comes from ``state``, its settings are this schedule's,
-        so settings given again on resume apply from there on (a cosine schedule given more
-        epochs anneals from the current learning rate to zero at the new last epoch). A
-        checkpoint of another kind of schedule has no progress to continue: this one then
-        starts at the resumed epoch, from the current learning rate."""
+        so settings given again on resume apply from there on: a cosine schedule given more
+        epochs before its end anneals from the current learning rate to zero at the new
+        last epoch; one that has ended stays at zero (with a warning). A checkpoint of
+        another kind of schedule has no progress to continue: this one then starts at the
+        resumed epoch, from the current learning rate (with a warning)."""
         kind = type(self.scheduler).__name__
         if state["kind"] != kind:
             warnings.warn(
@@ -206,7 +207,16 @@ class EpochSchedule:
                 stacklevel=2,
             )
             return
-        self.scheduler.load_state_dict({**state["scheduler"], **self.settings()})
+        saved = state["scheduler"]
+        ended = "T_max" in saved and saved["last_epoch"] >= saved["T_max"]
+        if ended and self.settings().get("T_max", 0) > saved["T_max"]:
+            warnings.warn(
+                f"The cosine schedule ended at epoch {saved['T_max']} with the learning rate "
+                "at its minimum, where the added epochs stay; start a new run to anneal over "
+                "more epochs.",
+                stacklevel=2,
+            )
+        self.scheduler.load_state_dict({**saved, **self.settings()})
         self.initial_lrs = list(state.get("initial_lrs", self.initial_lrs))
 
     def set_initial_lr(self, lr: float) -> None:

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from pyro_vae import VAE, DiagonalNormalGuide, StandardNormalPrior, fit
-from pyro_vae.parts.likelihoods import PoissonLikelihood
+from pyro_vae.parts.likelihoods import (
+    BinomialLikelihood,
+    NegativeBinomialLikelihood,
+    PoissonLikelihood,
+    ZeroInflatedNegativeBinomialLikelihood,
+)
 
 
 def poisson_log_prob(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -65,3 +70,53 @@ def test_a_poisson_vae_trains_on_integer_counts():
     assert last > first + 5
     assert -last < entropy + 2.0 and -last > entropy - 0.5, (last, entropy)
     assert math.isfinite(last)
+
+
+def nb_log_prob(x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The negative binomial of mean mu and dispersion theta, written out (scVI's form)."""
+    return (
+        torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+        + theta * (theta.log() - (theta + mean).log())
+        + x * (mean.log() - (theta + mean).log())
+    )
+
+
+def test_negative_binomial_log_prob_mean_and_variance():
+    lik = NegativeBinomialLikelihood.mlp(3, (4,), (8,), init_dispersion=2.5)
+    z = torch.randn(6, 3)
+    x = torch.tensor([[0, 1, 4, 9]] * 6)
+    mean = lik(z).exp()
+    theta = torch.full((4,), 2.5)
+    expected = nb_log_prob(x.float(), mean, theta).sum(-1)
+    torch.testing.assert_close(lik.dist(z).log_prob(x), expected, rtol=1e-5, atol=1e-4)
+    d = lik.dist(z).base_dist
+    torch.testing.assert_close(d.mean, mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d.variance, mean + mean**2 / theta, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_inflated_negative_binomial_log_prob():
+    lik = ZeroInflatedNegativeBinomialLikelihood.mlp(2, (3,), (8,), init_dispersion=1.5)
+    z = torch.randn(5, 2)
+    x = torch.tensor([[0, 2, 0]] * 5)
+    log_mean, gate_logits = lik(z).unbind(-2)
+    pi = torch.sigmoid(gate_logits)
+    nb = nb_log_prob(x.float(), log_mean.exp(), torch.full((3,), 1.5))
+    zero = torch.log(pi + (1 - pi) * nb.exp())
+    positive = torch.log1p(-pi) + nb
+    expected = torch.where(x == 0, zero, positive).sum(-1)
+    torch.testing.assert_close(lik.dist(z).log_prob(x), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_binomial_log_prob_and_trials_check():
+    lik = BinomialLikelihood.mlp(2, (3,), (8,), trials=16)
+    z = torch.randn(4, 2)
+    x = torch.tensor([[0, 7, 16]] * 4)
+    p = torch.sigmoid(lik(z))
+    n = torch.tensor(16.0)
+    log_choose = torch.lgamma(n + 1) - torch.lgamma(x + 1.0) - torch.lgamma(n - x + 1)
+    expected = (log_choose + x * p.log() + (n - x) * torch.log1p(-p)).sum(-1)
+    torch.testing.assert_close(lik.dist(z).log_prob(x), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="--trials 16 needs counts in \\[0, 16\\]"):
+        lik.check_data(torch.tensor([[0, 17, 3]]))

@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dataset",
         choices=DATASETS,
         default=d.dataset,
-        help="bundled: MNIST-10k shipped with the package (offline); mnist / fashion-mnist: "
+        help="bundled: MNIST-10k shipped with the package (offline); digits: the UCI digits, "
+        "64 counts 0..16 per example, shipped with the package; mnist / fashion-mnist: "
         "IDX files in --data-dir; binarized-mnist: Larochelle's .amat files; file: --data-file",
     )
     opt("--data-dir", default=None, help="folder holding the dataset files")

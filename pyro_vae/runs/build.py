@@ -33,6 +33,8 @@ def load_splits(config: RunConfig) -> dict[str, TensorDataset]:
     name = config.dataset
     if name == "bundled":
         return data_mod.load_bundled_mnist()
+    if name == "digits":
+        return data_mod.load_digits()
     if name in ("mnist", "fashion-mnist"):
         folder = _data_dir(config)
         train = data_mod.load_mnist(folder, "train", kind=name, download=config.download)
@@ -101,6 +103,8 @@ def fingerprint(config: RunConfig, splits: dict[str, TensorDataset]) -> dict[str
     the split seed and the binarization (:func:`pyro_vae.rundir.data_fingerprint`)."""
     if config.dataset == "bundled":
         files: Any = bundled_data_files()
+    elif config.dataset == "digits":
+        files = [Path(data_mod.__file__).parent / "datasets" / "uci-digits.csv.gz"]
     elif config.dataset == "file":
         files = config.data_file
     else:

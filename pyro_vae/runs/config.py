@@ -24,7 +24,7 @@ from pyro_vae.train.tracking import TRACKERS
 
 __all__ = ["DATASETS", "MODEL_FIELDS", "RunConfig"]
 
-DATASETS = ("bundled", "mnist", "fashion-mnist", "binarized-mnist", "file")
+DATASETS = ("bundled", "digits", "mnist", "fashion-mnist", "binarized-mnist", "file")
 NETWORKS = ("mlp", "conv")
 BINARIZATIONS = ("dynamic", "static", "none")
 MODELS = ("vae", "m2")
@@ -317,7 +317,7 @@ class RunConfig:
         """Fill ``binarize`` when it was not given: dynamic for the Bernoulli likelihood
         on grayscale data, none otherwise."""
         if self.binarize is None:
-            grayscale = self.dataset != "binarized-mnist"
+            grayscale = self.dataset not in ("binarized-mnist", "digits")
             self.binarize = "dynamic" if self.likelihood == "bernoulli" and grayscale else "none"
         return self
 

@@ -93,6 +93,25 @@ def parts_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def counts_table(result: dict) -> str:
+    lines = [
+        f"Date {result['date']}, {result['machine']}, {result['threads']} threads, torch "
+        f"{result['torch']}; {result['data']}; {result['epochs']} epochs each, "
+        f"IS NLL with K={result['num_samples']}.",
+        "",
+        "| likelihood | `pyro-vae train --dataset digits` flags | test ELBO | test NLL (nats) | "
+        "nats per feature | KL | active units | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['name']} | `{' '.join(r['flags'])}` | {r['elbo']:.2f} | {r['nll']:.2f} ± "
+            f"{r['nll_stderr']:.2f} | {r['nats_per_feature']:.3f} | {r['kl']:.2f} | "
+            f"{r['active_units']} / {r['latent_dim']} | {r['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 #: Published M2 test accuracies on MNIST (labels -> accuracy).
 M2_ANCHORS = [
     ("M2, Kingma et al. (2014)", 100, 0.880),
@@ -151,14 +170,17 @@ def scale_table(result: dict) -> str:
 
 
 def render(results_dir: Path) -> dict[str, str]:
-    """The two generated blocks of the README: ``parts`` and ``benchmarks``."""
+    """The generated blocks of the README: ``parts``, ``counts`` and ``benchmarks``."""
     loaded = [(f, json.loads(f.read_text())) for f in sorted(results_dir.glob("*.json"))]
 
     def newest(kind: str) -> tuple[Path, dict] | None:
         found = [(f, r) for f, r in loaded if r.get("kind") == kind]
         return max(found, key=lambda fr: fr[1]["date"]) if found else None
 
-    blocks = {"parts": "", "benchmarks": ""}
+    blocks = {"parts": "", "counts": "", "benchmarks": ""}
+    counts = newest("counts")
+    if counts is not None:
+        blocks["counts"] = f"Results file `{counts[0].name}`.\n\n" + counts_table(counts[1])
     parts = newest("parts")
     if parts is not None:
         blocks["parts"] = f"Results file `{parts[0].name}`.\n\n" + parts_table(parts[1])

@@ -247,3 +247,27 @@ def test_disk_full_during_training_exits_2_with_the_resume_command(tmp_path):
     assert f"--resume {out}" in output
     assert (out / "checkpoint.pt").read_bytes() == checkpoint  # the last good one survives
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_nan_inside_a_custom_dataset_is_named_as_a_data_problem():
+    from torch.utils.data import Dataset
+
+    from pyro_vae import VAE, DiagonalNormalGuide, NormalLikelihood, StandardNormalPrior, fit
+
+    class Table(Dataset):
+        def __len__(self) -> int:
+            return 40
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            x = torch.full((5,), 0.5)
+            if i == 17:
+                x[2] = float("nan")
+            return x
+
+    vae = VAE(
+        StandardNormalPrior(2),
+        NormalLikelihood.mlp(2, (5,), (8,), scale=1.0),
+        DiagonalNormalGuide.mlp((5,), 2, (8,)),
+    )
+    with pytest.raises(ValueError, match="the data, not the learning rate"):
+        fit(vae.model, vae.guide, Table(), epochs=1, batch_size=8, progress=False)

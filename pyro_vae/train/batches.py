@@ -220,6 +220,10 @@ class LoaderBatches:
                 continue
             self.batches_done = i + 1
             self.exhausted = i + 1 == len(self.loader)
+            x = batch if isinstance(batch, torch.Tensor) else batch[0]
+            # a Dataset is not checked up front: name bad values here, before they turn
+            # into a NaN loss that looks like a learning-rate problem
+            _check_batch(x, self.epoch, i)
             if isinstance(batch, torch.Tensor):
                 yield batch.to(self.device), {}
             else:
@@ -252,6 +256,17 @@ class LoaderBatches:
             self.skip, self.batches_done = done, done
         else:
             self.generator.set_state(state["generator"])
+
+
+def _check_batch(x: torch.Tensor, epoch: int, index: int) -> None:
+    """Raise :class:`ValueError` naming the batch if a Dataset yields NaN or inf."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        rows = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten()
+        raise ValueError(
+            f"Batch {index + 1} of epoch {epoch + 1} from the Dataset contains NaN or inf in "
+            f"{rows.numel()} of its examples (first at row {rows[0].item()} of the batch): "
+            "the data, not the learning rate; clean the Dataset or drop those examples."
+        )
 
 
 class SemiSupervisedBatches:

@@ -21,12 +21,10 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
+import parts  # benchmarks/parts.py: the same train-then-evaluate row
 import torch
-
-from pyro_vae.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ["--dataset", "digits", "--latent-dim", "8", "--hidden-dims", "128", "--batch-size"]
@@ -42,23 +40,9 @@ CONFIGS: dict[str, list[str]] = {
 
 
 def run_one(name: str, flags: list[str], epochs: int, num_samples: int, work: Path) -> dict:
-    out = work / name
-    train = ["train", *SHARED, "--epochs", str(epochs), "--no-progress", "--out", str(out)]
-    started = time.perf_counter()
-    if cli([*train, *flags]) != 0:
-        raise SystemExit(f"{name}: pyro-vae train failed")
-    seconds = time.perf_counter() - started
-    if cli(["evaluate", str(out), "--num-samples", str(num_samples)]) != 0:
-        raise SystemExit(f"{name}: pyro-vae evaluate failed")
-    report = json.loads((out / "evaluation.json").read_text())
-    return {
-        "name": name,
-        "flags": flags,
-        "train_seconds": seconds,
-        **{k: report[k] for k in ("elbo", "nll", "nll_stderr", "kl", "active_units")},
-        "nats_per_feature": report["nll"] / 64,
-        "latent_dim": report["latent_dim"],
-    }
+    """``parts.py``'s train-then-evaluate row on the digits, with nats per feature."""
+    row = parts.run_one(name, [*SHARED, *flags], epochs, num_samples, work)
+    return {**row, "flags": flags, "nats_per_feature": row["nll"] / 64}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pyro_vae.cli.train import add_run_arguments, config_from_args
+from pyro_vae.cli.train import add_run_arguments, config_from_args, option_adder
 from pyro_vae.runs import RunConfig, train_run
 
 LABELLED_DATASETS = ("bundled", "mnist", "fashion-mnist")
@@ -27,11 +27,7 @@ def add_parser(sub: Any) -> None:
         "directory of pyro-vae train; test.json holds the test accuracy of q(y|x).",
     )
 
-    def opt(*names: str, default: Any = None, **kw: Any) -> None:
-        if kw.get("help") and kw.get("action") != "store_true":
-            kw["help"] += f" (default: {default})"
-        s.add_argument(*names, default=argparse.SUPPRESS, **kw)
-
+    opt = option_adder(s)
     d = DEFAULTS
     opt(
         "--dataset",

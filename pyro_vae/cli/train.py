@@ -7,6 +7,7 @@ are read from the registry of parts, so a new part appears here without an edit.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from pyro_vae.objectives import OBJECTIVES
@@ -25,15 +26,22 @@ def _parts_help(kind: str, what: str) -> str:
     return f"{what}: " + "; ".join(f"{name}: {cls.summary}" for name, cls in parts.items())
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of a run. Defaults are left out of the namespace (``SUPPRESS``) so that
-    the options the user gave can be told from the defaults; ``--help`` shows them."""
+def option_adder(p: argparse.ArgumentParser) -> Callable[..., None]:
+    """``opt(*flags, default=..., **kw)`` for parser ``p``: the default is shown in the
+    help but left out of the namespace (``SUPPRESS``), so that the options the user gave
+    can be told from the defaults."""
 
     def opt(*names: str, default: Any = None, **kw: Any) -> None:
         if kw.get("help") and kw.get("action") != "store_true":
             kw["help"] += f" (default: {default})"
         p.add_argument(*names, default=argparse.SUPPRESS, **kw)
 
+    return opt
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a run (see :func:`option_adder`)."""
+    opt = option_adder(p)
     d = DEFAULTS
     opt(
         "--config",

@@ -18,7 +18,8 @@ from typing import Any
 
 from pyro_vae._checks import check_count, check_number
 from pyro_vae.objectives import OBJECTIVES, make_objective
-from pyro_vae.parts import get_part, part_options, registered
+from pyro_vae.parts import get_part, part_options
+from pyro_vae.parts.registry import option_users
 from pyro_vae.train.schedule import SCHEDULES, lr_scheduler
 from pyro_vae.train.tracking import TRACKERS
 
@@ -231,12 +232,7 @@ class RunConfig:
             known[name].check(value)
         for name in set(self.options) - set(self.resolved_options()):
             if self.options[name] != known[name].default:
-                users = [
-                    n
-                    for k in ("prior", "likelihood", "guide")
-                    for n, c in registered(k).items()
-                    if any(o.name == name for o in c.options)
-                ]
+                users = option_users(name)
                 raise ValueError(
                     f"{known[name].flag} has no effect with this model; it is read by: "
                     f"{', '.join(users)}."

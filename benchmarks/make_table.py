@@ -97,7 +97,8 @@ def counts_table(result: dict) -> str:
     lines = [
         f"Date {result['date']}, {result['machine']}, {result['threads']} threads, torch "
         f"{result['torch']}; {result['data']}; {result['epochs']} epochs each, "
-        f"IS NLL with K={result['num_samples']}.",
+        f"IS NLL with K={result['num_samples']}."
+        + (f" Note: {result['note']}." if result.get("note") else ""),
         "",
         "| likelihood | `pyro-vae train --dataset digits` flags | test ELBO | test NLL (nats) | "
         "nats per feature | KL | active units | train s |",

@@ -27,6 +27,7 @@ from pyro_vae import (
     fit,
     load_checkpoint,
 )
+from pyro_vae.inference.program import READ_EXAMPLES
 from pyro_vae.train.loop import CHECKPOINT_NAME
 
 
@@ -152,8 +153,9 @@ def test_labels_reach_only_models_that_take_them(binary):
 
     small = small_vae()
     fit(model, small.guide, (x[:128], y[:128]), epochs=1, batch_size=64, progress=False)
-    # training steps see batches of 64 labels, the epoch's evaluation all 128
-    assert {tuple(s.shape) for s in seen} == {(64,), (128,)}
+    # training steps see batches of 64 labels, the epoch's evaluation all 128 (and the
+    # program is read from a trace on its first READ_EXAMPLES examples)
+    assert {tuple(s.shape) for s in seen} - {(READ_EXAMPLES,)} == {(64,), (128,)}
     # A guide without y must not be given labels: VAE.guide takes y, so wrap one that doesn't.
     fit(small.model, lambda x: small.guide(x), (x[:128], y[:128]), epochs=1, progress=False)
 
@@ -247,13 +249,15 @@ def test_sigint_mid_epoch_checkpoints_and_resumes_exactly(binary, tmp_path):
 
 
 class NaNAfter:
-    """A model that behaves until its n-th call, then adds a NaN factor to the loss."""
+    """A model that behaves until its n-th call with gradients (the probe, then one per
+    step; evaluations and reading the program run without), then adds a NaN factor to
+    every other training loss."""
 
     def __init__(self, vae, n):
         self.vae, self.n, self.calls = vae, n, 0
 
     def __call__(self, x):
-        self.calls += 1
+        self.calls += torch.is_grad_enabled()
         if torch.is_grad_enabled() and self.calls > self.n and self.calls % 2 == 0:
             pyro.factor("poison", torch.tensor(float("nan")))
         return self.vae.model(x)
@@ -263,7 +267,7 @@ class NaNAfter:
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(binary, tmp_path):
     x = binary[0]
     vae = small_vae()
-    model = NaNAfter(vae, n=12)  # probe + 8 steps of epoch 1 pass, epoch 2 breaks
+    model = NaNAfter(vae, n=10)  # probe + 8 steps of epoch 1 pass, epoch 2 breaks
     with pytest.raises(TrainingDivergedError, match=r"at step 11\b.*--resume") as err:
         fit(model, vae.guide, x, epochs=3, run_dir=tmp_path, progress=False)
     assert "learning rate" in str(err.value)

@@ -184,6 +184,6 @@ def test_bad_input(trained):
     with pytest.raises(ValueError, match="num_samples must be a positive integer"):
         posterior_predictive(vae.model, vae.guide, x, num_samples=0)
     with pytest.raises(ValueError, match="no sample site 'obs'"):
-        posterior_predictive(vae.model, vae.guide, x[:4], num_samples=2, site="obs")
+        posterior_predictive(vae.model, vae.guide, x[:4], num_samples=2, obs_site="obs")
     with pytest.raises(ValueError, match="keep the chain and draw dims"):
         bayesian_p_values(trained["bernoulli_idata"], lambda a: a.mean())

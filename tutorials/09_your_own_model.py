@@ -212,7 +212,7 @@ plt.show()
 # - `log_likelihood`: the importance-sampled $\log p(x)$ with $K$ samples from the guide,
 #   an upper estimate that is still a lower bound in expectation (IWAE), with its
 #   standard error;
-# - `latent_diagnostics(site=...)`: KL per dimension and active units of one latent site.
+# - `latent_diagnostics(latent_sites=...)`: KL per dimension and active units of one latent site.
 
 # %%
 num_samples = 5 if SMOKE else 200
@@ -243,7 +243,7 @@ for name, m in models.items():
 for site in ("z1", "z2"):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PosteriorCollapseWarning)
-        diag = latent_diagnostics(hvae.model, hvae.guide, x_test, site=site)
+        diag = latent_diagnostics(hvae.model, hvae.guide, x_test, latent_sites=site)
     print(
         f"{site}: {diag.num_active} of {diag.latent_dim} units active, KL per dim "
         f"(nats): {diag.kl_per_dim.numpy().round(2)}"
@@ -299,7 +299,7 @@ for name, (terms, ll) in table.items():
         f"± {ll.mean_stderr:.2f}"
     )
 for site in ("z1", "z2"):
-    diag = latent_diagnostics(hvae_fb.model, hvae_fb.guide, x_test, site=site, warn=False)
+    diag = latent_diagnostics(hvae_fb.model, hvae_fb.guide, x_test, latent_sites=site, warn=False)
     print(
         f"free bits, {site}: {diag.num_active} of {diag.latent_dim} units active, "
         f"total KL {diag.kl_per_dim.sum():.2f} nats"
@@ -393,7 +393,7 @@ show_grid(
 # - A new VAE variant is two Pyro functions with sites inside `plate("data")` and the
 #   observed site `"x"`. Reusing the library's parts (here the Bernoulli likelihood and
 #   `MLP`) is optional.
-# - `fit` trains it; `elbo_terms`, `log_likelihood`, `latent_diagnostics(site=...)`,
+# - `fit` trains it; `elbo_terms`, `log_likelihood`, `latent_diagnostics(latent_sites=...)`,
 #   `posterior_predictive` with `bayesian_p_values`, and the `viz` functions evaluate and
 #   check it without any change, and compare it with a library-built VAE on equal terms.
 # - The per-layer diagnostics showed the top layer collapsing; free bits revived it, and

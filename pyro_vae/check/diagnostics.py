@@ -8,22 +8,25 @@ p(z_d)`) pays no KL for them and uses them for nothing: *posterior collapse*
 - the activity :math:`A_d = \mathrm{Cov}_x\big(\mathbb{E}_{q(z \mid x)}[z_d]\big)`, with the
   unit *active* when :math:`A_d > 0.01` (Burda, Grosse & Salakhutdinov, 2015,
   arXiv:1509.00519, §5.2).
+
+Both are reported for every latent site of the guide (any names, any number of sites; the
+dimensions of a site are its per-example elements), read from a trace by
+:func:`~pyro_vae.inference.program.read_program`; ``latent_sites=`` selects some of them.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from pyro import distributions as dist
-from pyro import poutine
 from torch.distributions import kl_divergence
 
-from pyro_vae.inference.particles import max_plate_nesting, particle_traces, per_example_values
-from pyro_vae.inference.sites import label_kwargs, replayed_traces
+from pyro_vae.inference.particles import draw_particles, per_example_values, warn_if_looping
+from pyro_vae.inference.program import Program, read_program, to_examples
 
 __all__ = [
     "LatentDiagnostics",
@@ -34,34 +37,73 @@ __all__ = [
     "posterior_means",
 ]
 
+LatentSites = str | Sequence[str] | None
+
 
 class PosteriorCollapseWarning(UserWarning):
     """Few latent units carry information about ``x``, or the KL is near zero."""
 
 
 def _factors(d: dist.Distribution) -> dist.Distribution | None:
-    """The per-dimension factors of a factorized distribution over a vector (its
-    :class:`~torch.distributions.Independent` base with batch shape ``(..., D)``), or
-    ``None`` if the distribution does not factorize that way."""
+    """The per-element factors of a distribution that factorizes over its event (an
+    :class:`~torch.distributions.Independent` of a scalar distribution, or a scalar
+    distribution itself), or ``None`` if it does not factorize that way."""
     while isinstance(d, dist.MaskedDistribution):
         d = d.base_dist
-    if isinstance(d, torch.distributions.Independent) and d.reinterpreted_batch_ndims == 1:
-        base = d.base_dist
-        if base.event_shape == () and not isinstance(
-            base, torch.distributions.TransformedDistribution
-        ):
-            return base
+    if isinstance(d, torch.distributions.Independent):
+        d = d.base_dist
+        while isinstance(d, dist.MaskedDistribution):
+            d = d.base_dist
+    if d.event_shape == () and not isinstance(d, torch.distributions.TransformedDistribution):
+        return d
     return None
 
 
-def _site_pair(
-    model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None, site: str
-) -> tuple[dict, dict]:
-    model_tr, guide_tr = replayed_traces(model, guide, x, y)
-    for tr, who in ((guide_tr, "guide"), (model_tr, "model")):
-        if site not in tr.nodes or tr.nodes[site]["type"] != "sample":
-            raise ValueError(f"The {who} has no sample site {site!r}; pass site=<its name>.")
-    return model_tr.nodes[site], guide_tr.nodes[site]
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n, *rest)`` as ``(n, D)``, broadcasting a shared value over the examples."""
+    return t.expand(n, *t.shape[1:]).reshape(n, -1)
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor | None, batch_size: int):  # type: ignore[no-untyped-def]
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size], None if y is None else y[start : start + batch_size]
+
+
+def _site_kl(
+    program: Program, xb: torch.Tensor, yb: torch.Tensor | None, num_samples: int, strict: bool
+) -> dict[str, torch.Tensor | None]:
+    """KL per example and element of each latent site, ``(n, D)``, from one replay (a
+    site's prior may depend on other latents: it is taken at the guide's draw of them);
+    ``None`` for a site that does not factorize, unless ``strict`` (then it raises)."""
+    model_tr, guide_tr = program.traces(xb, yb)
+    out: dict[str, torch.Tensor | None] = {}
+    for site in program.latent_sites:
+        q_site, p_site = guide_tr.nodes[site], model_tr.nodes.get(site)
+        if p_site is None or p_site["type"] != "sample":
+            raise ValueError(
+                f"The guide samples {site!r} but the model has no sample site {site!r}, so "
+                "it has no KL; leave it out with latent_sites=."
+            )
+        q, p = _factors(q_site["fn"]), _factors(p_site["fn"])
+        if (q is None or p is None) and not strict:
+            out[site] = None
+            continue
+        if q is None or p is None:
+            who, bad = ("guide", q_site) if q is None else ("prior", p_site)
+            raise ValueError(
+                f"The {who} at site {site!r} ({type(bad['fn']).__name__}) does not "
+                "factorize over the latent dimensions, so a KL per dimension is not "
+                "defined; use elbo_terms(...)['kl'] for the total KL, or leave the site "
+                "out with latent_sites=."
+            )
+        try:
+            kl = kl_divergence(q, p)  # type: ignore[arg-type]
+        except NotImplementedError:
+            z = q.sample((num_samples,))
+            kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
+        event_dim = len(q_site["fn"].event_shape)
+        out[site] = _rows(to_examples(kl, q_site, program.plate, event_dim), xb.shape[0])
+    return out
 
 
 @torch.no_grad()
@@ -71,52 +113,118 @@ def kl_per_dim(
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     *,
-    site: str = "z",
+    latent_sites: LatentSites = None,
+    obs_site: str | None = None,
     num_samples: int = 100,
     batch_size: int = 1000,
 ) -> torch.Tensor:
-    r"""Per-example, per-dimension :math:`\mathrm{KL}(q(z_d \mid x) \,\|\, p(z_d))`.
+    r"""Per-example, per-dimension :math:`\mathrm{KL}(q(z_d \mid x) \,\|\, p(z_d))` of the
+    latent sites, their dimensions side by side in the order of ``latent_sites``.
 
-    Both :math:`q` and :math:`p` must factorize over the dimensions of ``site`` (e.g.
+    Both :math:`q` and :math:`p` must factorize over the dimensions of each site (e.g.
     ``Normal(loc, scale).to_event(1)``); the dimensions then sum to the total KL. The KL is
     analytic where :func:`torch.distributions.kl_divergence` has a formula for the pair of
     factors, and a Monte Carlo average of :math:`\log q(z_d) - \log p(z_d)` over
-    ``num_samples`` draws otherwise.
+    ``num_samples`` draws otherwise. A site whose prior depends on another latent (a
+    hierarchy) is scored at the guide's draw of that latent.
 
-    :param model: Pyro model; ``site`` is a latent of it.
+    :param model: Pyro model.
     :param guide: the matching guide.
     :param x: data ``(N, ...)``.
-    :param y: optional labels.
-    :param site: the latent site, ``"z"`` by default.
+    :param y: optional second argument (labels), passed as the program takes it.
+    :param latent_sites: the latent sites (a name or names); default every latent site of
+        the guide.
+    :param obs_site: the data site, where the model observes several.
     :param num_samples: draws for the Monte Carlo fallback.
     :param batch_size: examples per forward pass.
-    :returns: ``(N, D)`` in nats.
-    :raises ValueError: if ``q`` or ``p`` does not factorize over the dimensions (a flow or
-        a full-covariance Gaussian); use :func:`~pyro_vae.check.evaluate.elbo_terms` for its
-        total KL.
+    :returns: ``(N, D)`` in nats, ``D`` the total of the sites' dimensions.
+    :raises ValueError: if ``q`` or ``p`` does not factorize over the dimensions of a site
+        (a flow or a full-covariance Gaussian); use
+        :func:`~pyro_vae.check.evaluate.elbo_terms` for its total KL.
     """
-    if x.shape[0] == 0:
-        raise ValueError("kl_per_dim needs at least one example; x is empty.")
-    out = []
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        yb = None if y is None else y[start : start + batch_size]
-        p_site, q_site = _site_pair(model, guide, xb, yb, site)
-        q, p = _factors(q_site["fn"]), _factors(p_site["fn"])
-        if q is None or p is None:
-            who, bad = ("guide", q_site) if q is None else ("prior", p_site)
-            raise ValueError(
-                f"The {who} at site {site!r} ({type(bad['fn']).__name__}) does not "
-                "factorize over the latent dimensions, so a KL per "
-                "dimension is not defined; use elbo_terms(...)['kl'] for the total KL."
-            )
-        try:
-            kl = kl_divergence(q, p)  # type: ignore[arg-type]
-        except NotImplementedError:
-            z = q.sample((num_samples,))
-            kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
-        out.append(kl.expand(xb.shape[0], kl.shape[-1]))
-    return torch.cat(out)
+    program = read_program(model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites)
+    per_site = _kl_by_site(program, x, y, num_samples, batch_size, strict=True)
+    return torch.cat(list(per_site.values()), dim=1)  # type: ignore[arg-type]
+
+
+def _kl_by_site(
+    program: Program,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    num_samples: int,
+    batch_size: int,
+    strict: bool,
+) -> dict[str, torch.Tensor | None]:
+    chunks: dict[str, list[torch.Tensor | None]] = {s: [] for s in program.latent_sites}
+    for xb, yb in _batches(x, y, batch_size):
+        for site, kl in _site_kl(program, xb, yb, num_samples, strict).items():
+            chunks[site].append(kl)
+    return {
+        site: None if any(c is None for c in v) else torch.cat(v)  # type: ignore[misc]
+        for site, v in chunks.items()
+    }
+
+
+def _has_upstream(trace_nodes: dict, site: str) -> bool:
+    """Whether a latent is sampled before ``site`` in the guide (its distribution may
+    then depend on that draw)."""
+    for name, node in trace_nodes.items():
+        if name == site:
+            return False
+        if node["type"] == "sample" and not node["is_observed"]:
+            return True
+    return False
+
+
+def _means_batch(
+    program: Program, xb: torch.Tensor, yb: torch.Tensor | None, num_samples: int
+) -> dict[str, torch.Tensor]:
+    r""":math:`\mathbb{E}_q[z]` of each latent site, ``(n, D)``: the distribution's mean
+    for a site sampled first; otherwise (it depends on earlier draws, or has no mean) the
+    average over ``num_samples`` particles of the mean given the draws, or of the draws."""
+    n = xb.shape[0]
+    model_tr, guide_tr = program.traces(xb, yb, run_model=False)
+    tr = program.latent_trace(guide_tr, model_tr)
+    out: dict[str, torch.Tensor] = {}
+    sampled = []
+    for site in program.latent_sites:
+        node = tr.nodes[site]
+        if not _has_upstream(tr.nodes, site):
+            try:
+                mean = node["fn"].mean
+                out[site] = _rows(to_examples(mean, node, program.plate), n)
+                continue
+            except NotImplementedError:
+                pass
+        sampled.append(site)
+    if sampled:
+        sums: dict[str, torch.Tensor] = {}
+        nesting = program.max_plate_nesting
+        for m_tr, g_tr in draw_particles(program, xb, yb, num_samples, run_model=False):
+            tr = program.latent_trace(g_tr, m_tr)
+            for site in sampled:
+                node = tr.nodes[site]
+                try:
+                    value = node["fn"].mean
+                except NotImplementedError:
+                    value = node["value"]
+                shape = torch.Size(node["fn"].batch_shape) + torch.Size(node["fn"].event_shape)
+                value = value.expand(torch.broadcast_shapes(value.shape, shape))
+                draws = per_example_values(value, node, nesting, program.plate)
+                sums[site] = sums.get(site, 0) + draws.sum(0)  # type: ignore[operator]
+        for site in sampled:
+            out[site] = _rows(sums[site] / num_samples, n)
+    return {site: out[site] for site in program.latent_sites}
+
+
+def _means_by_site(
+    program: Program, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, batch_size: int
+) -> dict[str, torch.Tensor]:
+    chunks: dict[str, list[torch.Tensor]] = {s: [] for s in program.latent_sites}
+    for xb, yb in _batches(x, y, batch_size):
+        for site, mean in _means_batch(program, xb, yb, num_samples).items():
+            chunks[site].append(mean)
+    return {site: torch.cat(v) for site, v in chunks.items()}
 
 
 @torch.no_grad()
@@ -125,33 +233,26 @@ def posterior_means(
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     *,
-    site: str = "z",
+    latent_sites: LatentSites = None,
     num_samples: int = 100,
     batch_size: int = 1000,
 ) -> torch.Tensor:
-    r""":math:`\mathbb{E}_{q(z \mid x)}[z]` per example, ``(N, D)``: the guide
-    distribution's ``mean`` where it has one, else the average of ``num_samples`` draws
-    (e.g. for a normalizing-flow guide)."""
-    if x.shape[0] == 0:
-        raise ValueError("posterior_means needs at least one example; x is empty.")
-    out = []
-    nesting = None
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        yb = None if y is None else y[start : start + batch_size]
-        tr = poutine.trace(guide).get_trace(xb, **label_kwargs(guide, yb))
-        if site not in tr.nodes:
-            raise ValueError(f"The guide has no sample site {site!r}; pass site=<its name>.")
-        try:
-            mean = tr.nodes[site]["fn"].mean  # type: ignore[attr-defined]
-        except NotImplementedError:
-            if nesting is None:
-                nesting = max_plate_nesting(guide, guide, xb, yb)
-            # Only the guide is needed: replay the guide on itself with K particles.
-            _, g_tr = particle_traces(guide, guide, xb, yb, num_samples, nesting)
-            mean = per_example_values(g_tr.nodes[site]["value"], g_tr.nodes[site], nesting).mean(0)  # type: ignore[arg-type]
-        out.append(mean.expand(xb.shape[0], *mean.shape[-1:]).reshape(xb.shape[0], -1))
-    return torch.cat(out)
+    r""":math:`\mathbb{E}_{q(z \mid x)}[z]` per example, ``(N, D)``, the latent sites'
+    dimensions side by side: the guide distribution's ``mean`` for a site sampled first,
+    else (a site that depends on earlier draws, or a distribution without a mean, e.g. a
+    normalizing flow) the average over ``num_samples`` particles.
+
+    :param guide: the Pyro guide.
+    :param x: data ``(N, ...)``.
+    :param y: optional second argument, passed as the guide takes it.
+    :param latent_sites: the latent sites (a name or names); default all of the guide's.
+    :param num_samples: particles for the Monte Carlo mean.
+    :param batch_size: examples per forward pass.
+    """
+    program = read_program(None, guide, x, y, latent_sites=latent_sites, particles=True)
+    warn_if_looping(program, num_samples, "posterior_means")
+    means = _means_by_site(program, x, y, num_samples, batch_size)
+    return torch.cat(list(means.values()), dim=1)
 
 
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
@@ -171,19 +272,23 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LatentDiagnostics:
-    """Summary of how the latent code is used, from :func:`latent_diagnostics`.
+    """Summary of how the latent code is used, from :func:`latent_diagnostics`; the
+    dimensions of all latent sites side by side, in the order of :attr:`site_dims`.
 
-    :ivar kl_per_dim: ``(D,)`` mean KL per dimension over the data (nats); ``None`` when the
-        guide or prior does not factorize.
+    :ivar kl_per_dim: ``(D,)`` mean KL per dimension over the data (nats); ``None`` when a
+        site's guide or prior does not factorize.
     :ivar activity: ``(D,)`` :math:`\\mathrm{Cov}_x(\\mathbb{E}_q[z_d])`.
     :ivar active: ``(D,)`` boolean mask, ``activity > threshold``.
     :ivar threshold: the activity threshold.
+    :ivar site_dims: ``(site, number of dimensions)`` of each latent site, in order.
     """
 
     kl_per_dim: torch.Tensor | None
     activity: torch.Tensor
     active: torch.Tensor
     threshold: float
+    site_dims: tuple[tuple[str, int], ...] = field(default=())
+    site_kl: dict[str, torch.Tensor | None] = field(default_factory=dict, repr=False)
 
     @property
     def num_active(self) -> int:
@@ -193,6 +298,21 @@ class LatentDiagnostics:
     def latent_dim(self) -> int:
         return self.active.numel()
 
+    @property
+    def sites(self) -> dict[str, LatentDiagnostics]:
+        """The diagnostics of each latent site alone."""
+        out, start = {}, 0
+        for name, dim in self.site_dims:
+            part = slice(start, start + dim)
+            kl = self.site_kl.get(name) if self.site_kl else None
+            if kl is None and self.kl_per_dim is not None:
+                kl = self.kl_per_dim[part]
+            out[name] = LatentDiagnostics(
+                kl, self.activity[part], self.active[part], self.threshold, ((name, dim),)
+            )
+            start += dim
+        return out
+
 
 @torch.no_grad()
 def latent_diagnostics(
@@ -201,7 +321,8 @@ def latent_diagnostics(
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     *,
-    site: str = "z",
+    latent_sites: LatentSites = None,
+    obs_site: str | None = None,
     threshold: float = 0.01,
     min_active_fraction: float = 0.1,
     min_kl: float = 0.1,
@@ -209,53 +330,72 @@ def latent_diagnostics(
     batch_size: int = 1000,
     warn: bool = True,
 ) -> LatentDiagnostics:
-    r"""KL per dimension, activity and active units of latent ``site``, and a
-    :class:`PosteriorCollapseWarning` when the code is barely used.
+    r"""KL per dimension, activity and active units of every latent site (or those of
+    ``latent_sites``), and a :class:`PosteriorCollapseWarning` naming each site whose
+    code is barely used.
 
-    The warning fires when fewer than ``min_active_fraction`` of the units (and at least
-    one) are active, or when the total KL averaged over the data is below ``min_kl``
-    nats. Its advice: anneal the KL weight from ~0 to 1, use free bits (Kingma et al., 2016),
-    or weaken the decoder.
+    The warning fires for a site when fewer than ``min_active_fraction`` of its units (and
+    at least one) are active, or when its KL averaged over the data is below ``min_kl``
+    nats. Its advice: anneal the KL weight from ~0 to 1, use free bits (Kingma et al.,
+    2016), or weaken the decoder. :attr:`LatentDiagnostics.sites` splits the result by
+    site.
 
     :param model: Pyro model.
     :param guide: the matching guide.
     :param x: data ``(N, ...)``, ``N >= 2``.
-    :param y: optional labels.
-    :param site: the latent site.
+    :param y: optional second argument (labels), passed as the program takes it.
+    :param latent_sites: the latent sites (a name or names); default every latent site of
+        the guide.
+    :param obs_site: the data site, where the model observes several.
     :param threshold: activity threshold of an active unit.
-    :param min_active_fraction: warn below this fraction of active units.
-    :param min_kl: warn below this mean total KL (nats per example).
+    :param min_active_fraction: warn below this fraction of active units of a site.
+    :param min_kl: warn below this mean KL of a site (nats per example).
     :param num_samples: Monte Carlo draws where no closed form exists.
     :param batch_size: examples per forward pass.
     :param warn: issue the warning (set ``False`` to only compute).
     """
-    means = posterior_means(guide, x, y, site=site, num_samples=num_samples, batch_size=batch_size)
-    active = active_units(means, threshold)
-    try:
-        kl = kl_per_dim(
-            model, guide, x, y, site=site, num_samples=num_samples, batch_size=batch_size
-        ).mean(0)
-    except ValueError as e:
-        if "does not factorize" not in str(e):
-            raise
-        kl = None
-    result = LatentDiagnostics(kl, means.var(0), active, float(threshold))
+    program = read_program(
+        model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites, particles=True
+    )
+    warn_if_looping(program, num_samples, "latent_diagnostics")
+    means = _means_by_site(program, x, y, num_samples, batch_size)
+    site_kl = {
+        site: None if kl is None else kl.mean(0)
+        for site, kl in _kl_by_site(program, x, y, num_samples, batch_size, False).items()
+    }
+    all_means = torch.cat(list(means.values()), dim=1)
+    active = active_units(all_means, threshold)
+    kls = list(site_kl.values())
+    kl_total = None if any(k is None for k in kls) else torch.cat(kls)  # type: ignore[arg-type]
+    dims = tuple((site, means[site].shape[1]) for site in program.latent_sites)
+    result = LatentDiagnostics(kl_total, all_means.var(0), active, float(threshold), dims, site_kl)
     if warn:
-        few = result.num_active < max(1, math.ceil(min_active_fraction * result.latent_dim))
+        _warn_collapse(result, threshold, min_active_fraction, min_kl)
+    return result
+
+
+def _warn_collapse(
+    result: LatentDiagnostics, threshold: float, min_active_fraction: float, min_kl: float
+) -> None:
+    findings = []
+    for name, diag in result.sites.items():
+        few = diag.num_active < max(1, math.ceil(min_active_fraction * diag.latent_dim))
+        kl = diag.kl_per_dim
         tiny_kl = kl is not None and kl.sum().item() < min_kl
         if few or tiny_kl:
             what = (
-                f"{result.num_active} of {result.latent_dim} latent units are active "
-                f"(Cov_x E_q[z_d] > {threshold:g})"
+                f"at site {name!r}, {diag.num_active} of {diag.latent_dim} latent units are "
+                f"active (Cov_x E_q[z_d] > {threshold:g})"
             )
             if kl is not None:
                 what += f" and the KL is {kl.sum().item():.3g} nats per example"
-            warnings.warn(
-                f"Posterior collapse: {what}, so the guide barely depends on x. Remedies: "
-                "anneal the KL weight from near 0 up to 1 over the first epochs, use free "
-                "bits (a KL floor per dimension), or weaken the decoder (smaller, or "
-                "less autoregressive).",
-                PosteriorCollapseWarning,
-                stacklevel=2,
-            )
-    return result
+            findings.append(what)
+    if findings:
+        warnings.warn(
+            f"Posterior collapse: {'; '.join(findings)}, so the guide barely depends on x "
+            "there. Remedies: anneal the KL weight from near 0 up to 1 over the first "
+            "epochs, use free bits (a KL floor per dimension), or weaken the decoder "
+            "(smaller, or less autoregressive).",
+            PosteriorCollapseWarning,
+            stacklevel=3,
+        )

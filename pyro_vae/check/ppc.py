@@ -7,16 +7,19 @@ fitness*; Gelman et al., *Bayesian Data Analysis*, ch. 6). A test statistic :mat
 whose replicated values rarely reach the observed one, :math:`p_B = \Pr(T(x^{\mathrm{rep}})
 \ge T(x))` near 0 or 1, shows a way in which the model does not fit.
 
-The replicates are real draws: the model runs unconditioned (:func:`pyro.poutine.uncondition`),
-because :class:`pyro.infer.Predictive` returns observed sites unchanged. The data is built
-with :func:`arviz.from_dict` (ArviZ 0.x's ``from_pyro`` needs an MCMC object), with one
-chain and named dimensions ``chain, draw, example, latent`` and the pixel dimensions.
+The replicates are real draws: the data site (read from the program's trace, any name;
+``obs_site=`` where the model observes several) is unconditioned, because
+:class:`pyro.infer.Predictive` returns observed sites unchanged. Only that site is: labels
+the model observes at a sample site, and every other input the user gave, stay as given in
+every draw. The data is built with :func:`arviz.from_dict` (ArviZ 0.x's ``from_pyro``
+needs an MCMC object), with one chain and named dimensions ``chain, draw, example`` and
+the dimensions of the data site.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,12 @@ import torch
 import xarray as xr
 
 from pyro_vae.inference.particles import (
-    max_plate_nesting,
-    particle_traces,
+    draw_particles,
     per_example_particles,
     per_example_values,
+    warn_if_looping,
 )
+from pyro_vae.inference.program import Program, read_program
 
 __all__ = [
     "bayesian_p_values",
@@ -58,10 +62,6 @@ def _event_dims(name: str, shape: tuple[int, ...], data_site: bool) -> list[str]
     return [f"{name}_dim_{i}" for i in range(len(shape))]
 
 
-def _no_guide(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
 def _check(x: torch.Tensor, y: torch.Tensor | None, num_samples: int, batch_size: int) -> None:
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -72,54 +72,78 @@ def _check(x: torch.Tensor, y: torch.Tensor | None, num_samples: int, batch_size
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; pass matching y.")
 
 
+def _values(node: dict, value: torch.Tensor, program: Program, num: int) -> torch.Tensor:
+    """A site's tensor as ``(K, N, *rest)``, broadcast over particles and examples."""
+    fn = node["fn"]
+    full = torch.Size(fn.batch_shape) + torch.Size(fn.event_shape)
+    value = value.expand(torch.broadcast_shapes(value.shape, full))
+    out = per_example_values(value, node, program.max_plate_nesting, program.plate)
+    return out.expand(out.shape[0] if out.shape[0] > 1 else num, *out.shape[1:])
+
+
 @torch.no_grad()
 def _predictive(
-    model: Callable,
-    guide: Callable | None,
+    program: Program,
     x: torch.Tensor,
     y: torch.Tensor | None,
     num_samples: int,
     batch_size: int,
-    site: str,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, dict[str, list[str]]]:
-    """Latent draws, replicates of ``site`` and (posterior only) log p(x | z), all with a
-    leading ``(1, S, N)``."""
-    _check(x, y, num_samples, batch_size)
-    proposal = _no_guide if guide is None else guide
-    nesting = max_plate_nesting(model, proposal, x[:batch_size], _rows(y, 0, batch_size))
+    posterior: bool,
+) -> dict[str, Any]:
+    """Latent draws, replicates of the data site, the observed values and (posterior
+    only) log p(x | z), each with a leading ``(1, S, N)`` (the observed ``(N, ...)``)."""
+    site = program.obs_site
+    nesting = program.max_plate_nesting
     latents: dict[str, list[np.ndarray]] = {}
-    reps, logliks = [], []
-    dims: dict[str, list[str]] = {}
+    reps, logliks, observed = [], [], []
     for start in range(0, x.shape[0], batch_size):
-        xb, yb = x[start : start + batch_size], _rows(y, start, batch_size)
-        model_tr, guide_tr = particle_traces(
-            model, proposal, xb, yb, num_samples, nesting, uncondition=True
-        )
-        if site not in model_tr.nodes:
-            raise ValueError(f"The model has no sample site {site!r}; pass site=<its name>.")
-        source = model_tr if guide is None else guide_tr
-        for name, node in source.nodes.items():
-            if node["type"] != "sample" or name == site or node["is_observed"]:
-                continue
-            value = per_example_values(node["value"], node, nesting)  # type: ignore[arg-type]
-            value = value.expand(num_samples, xb.shape[0], *value.shape[2:])
-            latents.setdefault(name, []).append(value.cpu().numpy())
-            dims[name] = [EXAMPLE_DIM, *_event_dims(name, tuple(value.shape[2:]), False)]
-        node = model_tr.nodes[site]
-        rep = per_example_values(node["value"], node, nesting)  # type: ignore[arg-type]
-        reps.append(rep.expand(num_samples, *rep.shape[1:]).cpu().numpy())
-        if guide is not None:
-            lp = node["fn"].log_prob(xb)  # type: ignore[attr-defined]
-            logliks.append(per_example_particles(lp, node, xb.shape[0], nesting).cpu().numpy())
-    dims[site] = [EXAMPLE_DIM, *_event_dims(site, tuple(x.shape[1:]), True)]
-    draws = {k: np.concatenate(v, axis=1)[None] for k, v in latents.items()}
-    rep = np.concatenate(reps, axis=1)[None]  # type: ignore[assignment]
-    loglik = np.concatenate(logliks, axis=1)[None] if logliks else None
-    return draws, rep, loglik, dims  # type: ignore[return-value]
+        xb = x[start : start + batch_size]
+        yb = None if y is None else y[start : start + batch_size]
+        n = xb.shape[0]
+        batch: dict[str, list[torch.Tensor]] = {}
+        rep, loglik = [], []
+        for model_tr, guide_tr in draw_particles(program, xb, yb, num_samples, uncondition=True):
+            node = model_tr.nodes[site]
+            source = guide_tr if posterior else model_tr
+            for name in program.latent_sites if posterior else _model_latents(model_tr, site):
+                latent = source.nodes[name]
+                batch.setdefault(name, []).append(_values(latent, latent["value"], program, 1))
+            rep.append(_values(node, node["value"], program, 1))
+            obs = node["infer"]["obs"]
+            if posterior:
+                lp = node["fn"].log_prob(obs)
+                loglik.append(per_example_particles(lp, node, n, nesting, program.plate))
+        for name, parts in batch.items():
+            value = torch.cat(parts)
+            latents.setdefault(name, []).append(
+                value.expand(num_samples, *value.shape[1:]).cpu().numpy()
+            )
+        rep_b = torch.cat(rep)
+        reps.append(rep_b.expand(num_samples, *rep_b.shape[1:]).cpu().numpy())
+        observed.append(_values(node, obs, program, 1)[0].expand(rep_b.shape[1:]).cpu().numpy())
+        if posterior:
+            logliks.append(torch.cat(loglik).cpu().numpy())
+    rep_all = np.concatenate(reps, axis=1)[None]
+    dims = {site: [EXAMPLE_DIM, *_event_dims(site, tuple(rep_all.shape[3:]), True)]}
+    draws = {}
+    for name, parts in latents.items():
+        draws[name] = np.concatenate(parts, axis=1)[None]
+        dims[name] = [EXAMPLE_DIM, *_event_dims(name, tuple(draws[name].shape[3:]), False)]
+    return {
+        "draws": draws,
+        "rep": rep_all,
+        "loglik": np.concatenate(logliks, axis=1)[None] if logliks else None,
+        "observed": np.concatenate(observed, axis=0),
+        "dims": dims,
+    }
 
 
-def _rows(y: torch.Tensor | None, start: int, size: int) -> torch.Tensor | None:
-    return None if y is None else y[start : start + size]
+def _model_latents(model_tr: Any, site: str) -> list[str]:
+    return [
+        name
+        for name, node in model_tr.nodes.items()
+        if node["type"] == "sample" and not node["is_observed"] and name != site
+    ]
 
 
 def _coords(x: torch.Tensor, num_samples: int, draws: dict[str, np.ndarray]) -> dict:
@@ -129,8 +153,34 @@ def _coords(x: torch.Tensor, num_samples: int, draws: dict[str, np.ndarray]) -> 
     return coords
 
 
-def _constant(y: torch.Tensor | None) -> dict[str, np.ndarray] | None:
-    return None if y is None else {"y": y.cpu().numpy()}
+def _constant(program: Program, x: torch.Tensor, y: torch.Tensor | None) -> dict | None:
+    """The arguments the data site does not observe: the inputs held fixed."""
+    given = {"x": x, "y": y}
+    if program.obs_arg is not None:
+        given.pop("xy"[program.obs_arg])
+    else:
+        given.pop("x")
+    out = {k: v.cpu().numpy() for k, v in given.items() if v is not None}
+    return out or None
+
+
+def _read(
+    model: Callable,
+    guide: Callable | None,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    num_samples: int,
+    batch_size: int,
+    obs_site: str | None,
+    latent_sites: str | Sequence[str] | None,
+    what: str,
+) -> Program:
+    _check(x, y, num_samples, batch_size)
+    program = read_program(
+        model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites, particles=True
+    )
+    warn_if_looping(program, num_samples, what)
+    return program
 
 
 def posterior_predictive(
@@ -141,41 +191,61 @@ def posterior_predictive(
     *,
     num_samples: int = 100,
     batch_size: int = 100,
-    site: str = "x",
+    obs_site: str | None = None,
+    latent_sites: str | Sequence[str] | None = None,
 ) -> az.InferenceData:
     r"""Posterior predictive draws for each example, as :class:`arviz.InferenceData`.
 
     For every example, ``num_samples`` draws :math:`z_s \sim q(z \mid x)` (the guide,
     standing in for the posterior) and one replicate :math:`x^{\mathrm{rep}}_s \sim p(x
-    \mid z_s)` per draw, from the model unconditioned and replayed on the guide's trace.
+    \mid z_s)` per draw, from the model replayed on the guide's trace with its data site
+    unconditioned. Labels observed at other sample sites, and every argument, stay as
+    given.
 
-    Groups (``S = num_samples``, ``N = len(x)``):
+    Groups (``S = num_samples``, ``N = len(x)``; the data site named as in the model,
+    e.g. ``x``):
 
     - ``posterior``: every latent site of the guide, e.g. ``z`` with dims
       ``(chain, draw, example, latent)``, shape ``(1, S, N, D)``;
-    - ``posterior_predictive``: ``x`` with dims ``(chain, draw, example, *pixel)`` where the
-      pixel dims are ``(channel, row, column)`` for images, ``(pixel,)`` for vectors;
-    - ``log_likelihood``: ``x``, :math:`\log p(x_n \mid z_{n,s})`, dims
+    - ``posterior_predictive``: the data site, dims ``(chain, draw, example, *pixel)``
+      where the pixel dims are ``(channel, row, column)`` for images, ``(pixel,)`` for
+      vectors (the shape the model observes, e.g. ``(784,)`` if it flattens images);
+    - ``log_likelihood``: the data site, :math:`\log p(x_n \mid z_{n,s})`, dims
       ``(chain, draw, example)``;
-    - ``observed_data``: ``x``; ``constant_data``: ``y`` when labels are given.
+    - ``observed_data``: the data site's observed values; ``constant_data``: the
+      arguments it does not observe (``y`` for labels; ``x`` for a model that observes
+      ``y``, as a CVAE's targets).
 
-    :param model: Pyro model with observed site ``site`` in plate ``"data"``.
+    :param model: Pyro model.
     :param guide: the matching guide.
-    :param x: data ``(N, ...)``.
-    :param y: optional labels.
+    :param x: data ``(N, ...)`` (the first argument).
+    :param y: optional second argument (labels, targets), passed as the program takes it.
     :param num_samples: draws per example :math:`S`.
     :param batch_size: examples per forward pass (memory grows as ``batch_size * S``).
-    :param site: the observed site to replicate.
+    :param obs_site: the data site to replicate, where the model observes several.
+    :param latent_sites: the latent sites to store; default every latent site.
     """
-    draws, rep, loglik, dims = _predictive(model, guide, x, y, num_samples, batch_size, site)
+    program = _read(
+        model,
+        guide,
+        x,
+        y,
+        num_samples,
+        batch_size,
+        obs_site,
+        latent_sites,
+        "posterior_predictive",
+    )
+    out = _predictive(program, x, y, num_samples, batch_size, posterior=True)
+    site = program.obs_site
     return az.from_dict(
-        posterior=draws,
-        posterior_predictive={site: rep},
-        log_likelihood={site: loglik},
-        observed_data={site: x.cpu().numpy()},
-        constant_data=_constant(y),
-        coords=_coords(x, num_samples, draws),
-        dims=dims,
+        posterior=out["draws"],
+        posterior_predictive={site: out["rep"]},
+        log_likelihood={site: out["loglik"]},
+        observed_data={site: out["observed"]},
+        constant_data=_constant(program, x, y),
+        coords=_coords(x, num_samples, out["draws"]),
+        dims=out["dims"],
     )
 
 
@@ -186,29 +256,33 @@ def prior_predictive(
     *,
     num_samples: int = 100,
     batch_size: int = 100,
-    site: str = "x",
+    obs_site: str | None = None,
 ) -> az.InferenceData:
     r"""Prior predictive draws :math:`z_s \sim p(z),\ x^{\mathrm{rep}}_s \sim p(x \mid z_s)`,
-    ``num_samples`` replicated datasets the size and shape of ``x``, as
-    :class:`arviz.InferenceData` with groups ``prior`` (latents, dims as in
-    :func:`posterior_predictive`), ``prior_predictive`` (``x``), ``observed_data`` (``x``)
-    and ``constant_data`` (``y``, for a conditional model).
+    ``num_samples`` replicated datasets the size and shape of the data, as
+    :class:`arviz.InferenceData` with groups ``prior`` (the model's latent sites, dims as
+    in :func:`posterior_predictive`), ``prior_predictive`` (the data site),
+    ``observed_data`` and ``constant_data`` (the inputs held fixed: labels of a
+    conditional model, the ``x`` of a CVAE). Only the data site is unconditioned: labels
+    the model observes at a sample site keep their given values in every draw.
 
     :param model: Pyro model; ``x`` fixes the number and shape of the examples.
-    :param x: data ``(N, ...)``: the observed data the draws are compared with.
-    :param y: optional labels, passed to a conditional model.
+    :param x: data ``(N, ...)``: the first argument of the model.
+    :param y: optional second argument (labels, targets).
     :param num_samples: replicated datasets :math:`S`.
     :param batch_size: examples per forward pass.
-    :param site: the observed site to replicate.
+    :param obs_site: the data site to replicate, where the model observes several.
     """
-    draws, rep, _, dims = _predictive(model, None, x, y, num_samples, batch_size, site)
+    program = _read(model, None, x, y, num_samples, batch_size, obs_site, None, "prior_predictive")
+    out = _predictive(program, x, y, num_samples, batch_size, posterior=False)
+    site = program.obs_site
     return az.from_dict(
-        prior=draws,
-        prior_predictive={site: rep},
-        observed_data={site: x.cpu().numpy()},
-        constant_data=_constant(y),
-        coords=_coords(x, num_samples, draws),
-        dims=dims,
+        prior=out["draws"],
+        prior_predictive={site: out["rep"]},
+        observed_data={site: out["observed"]},
+        constant_data=_constant(program, x, y),
+        coords=_coords(x, num_samples, out["draws"]),
+        dims=out["dims"],
     )
 
 
@@ -247,7 +321,7 @@ def bayesian_p_values(
     idata: az.InferenceData,
     statistic: Statistic,
     *,
-    var_name: str = "x",
+    obs_site: str | None = None,
     group: str = "posterior_predictive",
 ) -> xr.DataArray:
     r"""Bayesian p-values :math:`p_B = \Pr(T(x^{\mathrm{rep}}) > T(x)) + \tfrac12
@@ -259,23 +333,37 @@ def bayesian_p_values(
         *pixel)`` that reduces the pixel and/or example dims, such as :func:`mean_intensity`,
         :func:`image_ink`, :func:`pixel_marginals`, or any user function written with
         named dims (e.g. ``lambda x: (x > 0.5).sum(["channel", "row", "column"])``).
-    :param var_name: the replicated variable.
+    :param obs_site: the replicated data site; default the group's only variable.
     :param group: ``"posterior_predictive"`` or ``"prior_predictive"``.
     :returns: p-values in [0, 1], with the statistic's dims other than ``chain, draw``.
     """
-    t_rep, t_obs = _statistic_values(idata, statistic, var_name, group)
+    t_rep, t_obs = _statistic_values(idata, statistic, obs_site, group)
     p = (t_rep > t_obs).mean(SAMPLE_DIMS) + 0.5 * (t_rep == t_obs).mean(SAMPLE_DIMS)
     return p.rename("p_value")
 
 
+def _replicated(rep: xr.Dataset, obs_site: str | None, group: str) -> str:
+    names = list(rep.data_vars)
+    if obs_site is None:
+        if len(names) != 1:
+            raise ValueError(
+                f"{group} holds {names}; pass obs_site=<name> to choose the replicated site."
+            )
+        return str(names[0])
+    if obs_site not in rep:
+        raise ValueError(
+            f"obs_site={obs_site!r}: {group} has no variable {obs_site!r}; it has {names}."
+        )
+    return obs_site
+
+
 def _statistic_values(
-    idata: az.InferenceData, statistic: Statistic, var_name: str, group: str
+    idata: az.InferenceData, statistic: Statistic, obs_site: str | None, group: str
 ) -> tuple[xr.DataArray, xr.DataArray]:
     rep = _group(idata, group)
-    if var_name not in rep:
-        raise ValueError(f"{group} has no variable {var_name!r}; it has {list(rep.data_vars)}.")
-    t_rep = statistic(rep[var_name])
-    t_obs = statistic(_group(idata, "observed_data")[var_name])
+    site = _replicated(rep, obs_site, group)
+    t_rep = statistic(rep[site])
+    t_obs = statistic(_group(idata, "observed_data")[site])
     if not set(SAMPLE_DIMS) <= set(t_rep.dims) or set(SAMPLE_DIMS) & set(t_obs.dims):
         raise ValueError(
             "The statistic must keep the chain and draw dims of the replicates; reduce only "
@@ -289,14 +377,14 @@ def statistic_data(
     statistic: Statistic,
     *,
     name: str,
-    var_name: str = "x",
+    obs_site: str | None = None,
     group: str = "posterior_predictive",
 ) -> az.InferenceData:
     """An :class:`arviz.InferenceData` holding a statistic of the replicates
     (``posterior_predictive`` or ``prior_predictive``) and of the data (``observed_data``)
     under ``name``, for ArviZ's plots: ``az.plot_ppc(..., var_names=[name])`` and
     ``az.plot_bpv(...)``."""
-    t_rep, t_obs = _statistic_values(idata, statistic, var_name, group)
+    t_rep, t_obs = _statistic_values(idata, statistic, obs_site, group)
     return az.InferenceData(
         **{
             group: t_rep.rename(name).to_dataset(),
@@ -310,7 +398,7 @@ def save_ppc_plots(
     out_dir: str | os.PathLike,
     *,
     statistics: dict[str, Statistic] | None = None,
-    var_name: str = "x",
+    obs_site: str | None = None,
     group: str = "posterior_predictive",
 ) -> list[Path]:
     """Save ArviZ check plots as PNG files in ``out_dir`` (matplotlib's Agg backend).
@@ -322,6 +410,7 @@ def save_ppc_plots(
     statistic gets ``bpv_<name>.png`` (its replicated distribution, the observed value and
     the p-value).
 
+    :param obs_site: the replicated data site; default the group's only variable.
     :returns: the paths written.
     """
     import matplotlib
@@ -337,7 +426,7 @@ def save_ppc_plots(
     kind_group = "prior" if group == "prior_predictive" else "posterior"
     paths = []
     for name, statistic in statistics.items():
-        data = statistic_data(idata, statistic, name=name, var_name=var_name, group=group)
+        data = statistic_data(idata, statistic, name=name, obs_site=obs_site, group=group)
         per_example = EXAMPLE_DIM in data.observed_data[name].dims  # type: ignore[attr-defined]
         plots: list[tuple[str, Callable[[], Any]]] = []
         if per_example:

@@ -1,15 +1,19 @@
-r"""Vectorized particles for any model/guide pair that follows the site conventions. Internal.
+r"""Particles for any model/guide pair: ``K`` draws :math:`z_k \sim q(z \mid x)` per example.
 
-Like Pyro's vectorized ELBOs, ``K`` samples :math:`z_k \sim q(z \mid x)` are drawn in one
-pass by running the guide inside an extra plate of particles, placed to the left of every
-plate the program uses; the model is then replayed on that guide trace. Every site's
+Like Pyro's vectorized ELBOs, the draws are made in one pass where the program allows it,
+by running the guide inside an extra plate of particles placed to the left of every plate
+the program uses; the model is then replayed on that guide trace. Every site's
 log-density then has the particles at dimension ``-(max_plate_nesting + 1)`` and the
-examples at the ``"data"`` plate's dimension.
+examples at the dimension of the plate over examples. A program that does not broadcast
+over that extra dimension (it indexes ``x[:, 0]`` or reshapes with a fixed batch size) is
+run once per particle instead (:func:`draw_particles`), with a
+:class:`ParticleLoopWarning`. Internal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyro
@@ -18,9 +22,80 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.inference.program import PARTICLE_PLATE, Program
 from pyro_vae.inference.sites import DATA_PLATE, label_kwargs, replayed_traces
 
-PARTICLE_PLATE = "_pyro_vae_particles"
+__all__ = [
+    "PARTICLE_PLATE",
+    "ParticleLoopWarning",
+    "draw_particles",
+    "log_density",
+    "log_weights",
+    "particle_log_weights",
+    "per_example_particles",
+    "per_example_values",
+    "warn_if_looping",
+]
+
+
+class ParticleLoopWarning(UserWarning):
+    """The program does not broadcast over a plate of particles, so its particles are
+    drawn one run at a time (correct, and slower)."""
+
+
+def warn_if_looping(program: Program, num_particles: int, what: str) -> None:
+    """Warn once, for one call of ``what``, when ``program`` draws its particles in a
+    loop: the cost is ``num_particles`` runs of model and guide per batch instead of one."""
+    if program.vectorizes is not False or num_particles <= 1:
+        return
+    warnings.warn(
+        f"{what}: the model/guide pair does not run inside a plate of particles on the "
+        f"left of its plates ({program.vectorize_error}), so its {num_particles} particles "
+        f"per example are drawn one run at a time: {num_particles} runs of model and guide "
+        "per batch instead of one, and about as many times slower. To vectorise, write "
+        "the program so that it broadcasts over extra dimensions on the left (index with "
+        "x[..., i], reshape with z.shape[:-1] rather than a fixed batch size).",
+        ParticleLoopWarning,
+        stacklevel=3,
+    )
+
+
+def draw_particles(
+    program: Program,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    num_particles: int,
+    *,
+    uncondition: bool = False,
+    run_model: bool = True,
+) -> Iterator[tuple[poutine.Trace, poutine.Trace]]:
+    """``(model_trace, guide_trace)`` pairs holding ``num_particles`` draws in all: one
+    vectorized pair where the program allows it (:attr:`Program.vectorizes`), else one
+    un-vectorized pair per particle (its particle dimension is then implicit, of size 1:
+    :func:`per_example_particles` and :func:`per_example_values` add it).
+
+    :param uncondition: sample the data site (label sites stay observed).
+    :param run_model: ``False``: guide traces alone.
+    """
+    kw = {"uncondition": uncondition, "run_model": run_model}
+    if program.vectorizes is not False:
+        yield program.traces(x, y, num_particles=num_particles, **kw)  # type: ignore[arg-type]
+        return
+    for _ in range(num_particles):
+        yield program.traces(x, y, **kw)  # type: ignore[arg-type]
+
+
+def particle_log_weights(
+    program: Program, x: torch.Tensor, y: torch.Tensor | None, num_particles: int
+) -> torch.Tensor:
+    r"""Importance log-weights :math:`\log p(x, z_k) - \log q(z_k \mid x)`, ``(K, N)``."""
+    nesting, n = program.max_plate_nesting, x.shape[0]
+    return torch.cat(
+        [
+            log_weights(m_tr, g_tr, n, nesting, plate=program.plate)
+            for m_tr, g_tr in draw_particles(program, x, y, num_particles)
+        ]
+    )
 
 
 def max_plate_nesting(
@@ -73,22 +148,26 @@ def particle_traces(
     return prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr)
 
 
-def _data_frame(site: Mapping[str, Any]) -> Any:
-    return next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+def _data_frame(site: Mapping[str, Any], plate: str = DATA_PLATE) -> Any:
+    return next((f for f in site["cond_indep_stack"] if f.name == plate), None)
 
 
 def per_example_particles(
-    value: torch.Tensor, site: Mapping[str, Any], num_examples: int, nesting: int
+    value: torch.Tensor,
+    site: Mapping[str, Any],
+    num_examples: int,
+    nesting: int,
+    plate: str = DATA_PLATE,
 ) -> torch.Tensor:
     """Reduce a batch-shaped tensor of a site (a log-density) to ``(K, N)``: particles by
-    examples, summing every other dimension (nested plates)."""
-    frame = _data_frame(site)
+    examples (the plate ``plate``), summing every other dimension (nested plates)."""
+    frame = _data_frame(site, plate)
     if frame is None:
         raise ValueError(
-            f"Site {site['name']!r} is outside plate {DATA_PLATE!r}: a global random variable "
-            "is shared by all examples, so per-example log-likelihoods are not defined. Put "
-            f"every sample site inside `with pyro.plate({DATA_PLATE!r}, len(x))`, or make the "
-            "global variable a pyro.param."
+            f"Site {site['name']!r} is outside plate {plate!r}, the plate over the examples: "
+            "a global random variable is shared by all examples, so per-example "
+            f"log-likelihoods are not defined. Put every sample site inside `with "
+            f"pyro.plate({plate!r}, len(x))`, or make the global variable a pyro.param."
         )
     ndim = nesting + 1
     while value.dim() < ndim:
@@ -99,16 +178,24 @@ def per_example_particles(
     return value.expand(value.shape[0], num_examples)
 
 
-def per_example_values(value: torch.Tensor, site: Mapping[str, Any], nesting: int) -> torch.Tensor:
-    """A site's sampled value as ``(K, N, *rest)``: particles, examples, then the other
-    plate dimensions and the event dimensions."""
-    frame = _data_frame(site)
+def per_example_values(
+    value: torch.Tensor,
+    site: Mapping[str, Any],
+    nesting: int,
+    plate: str = DATA_PLATE,
+    event_dim: int | None = None,
+) -> torch.Tensor:
+    """A site's sampled value (or any tensor shaped batch + ``event_dim`` trailing
+    dimensions, by default the site's event dimensions) as ``(K, N, *rest)``: particles,
+    examples, then the other plate dimensions and the event dimensions."""
+    frame = _data_frame(site, plate)
     if frame is None:
         raise ValueError(
-            f"Site {site['name']!r} is outside plate {DATA_PLATE!r}; only per-example "
-            "sites can be reported per example."
+            f"Site {site['name']!r} is outside plate {plate!r}, the plate over the examples; "
+            "only per-example sites can be reported per example."
         )
-    event_dim = len(site["fn"].event_shape)
+    if event_dim is None:
+        event_dim = len(site["fn"].event_shape)
     ndim = nesting + 1 + event_dim
     while value.dim() < ndim:
         value = value.unsqueeze(0)
@@ -125,7 +212,11 @@ def log_density(site: Mapping[str, Any]) -> torch.Tensor:
 
 
 def log_weights(
-    model_tr: poutine.Trace, guide_tr: poutine.Trace, num_examples: int, nesting: int
+    model_tr: poutine.Trace,
+    guide_tr: poutine.Trace,
+    num_examples: int,
+    nesting: int,
+    plate: str = DATA_PLATE,
 ) -> torch.Tensor:
     r"""Importance log-weights :math:`\log p(x, z_k) - \log q(z_k \mid x)` as ``(K, N)``.
 
@@ -139,13 +230,16 @@ def log_weights(
             continue
         if site["is_observed"]:
             observed = True
-            total = total + per_example_particles(log_density(site), site, num_examples, nesting)
+            lp = log_density(site)
+            total = total + per_example_particles(lp, site, num_examples, nesting, plate)
             continue
         q_site = guide_tr.nodes.get(name)
         if q_site is None or q_site["type"] != "sample":
             continue
-        diff = per_example_particles(log_density(site), site, num_examples, nesting)
-        diff = diff - per_example_particles(log_density(q_site), q_site, num_examples, nesting)
+        diff = per_example_particles(log_density(site), site, num_examples, nesting, plate)
+        diff = diff - per_example_particles(
+            log_density(q_site), q_site, num_examples, nesting, plate
+        )
         total = total + diff
     if not observed:
         raise ValueError(

@@ -1,5 +1,7 @@
-"""Helpers for the site conventions: observed ``"x"``, latent ``"z"``, labels ``"y"``,
-plate ``"data"``. Internal."""
+"""Helpers for site names and per-example reductions. Internal.
+
+Our own parts name their sites ``"x"``, ``"z"``, ``"y"`` and their plate ``"data"``; user
+programs may use any names, which :mod:`pyro_vae.inference.program` reads from a trace."""
 
 from __future__ import annotations
 
@@ -39,13 +41,16 @@ def batch_device(
     return torch.device("cpu")
 
 
-def per_example(value: torch.Tensor, site: Mapping[str, Any], num_examples: int) -> torch.Tensor:
+def per_example(
+    value: torch.Tensor, site: Mapping[str, Any], num_examples: int, plate: str = DATA_PLATE
+) -> torch.Tensor:
     """Reduce a site's log-density (batch-shaped) to one number per example.
 
-    Dimensions other than the ``"data"`` plate are summed. A site outside the plate (a
-    global latent) is shared by the batch, so its total is split evenly over the examples.
+    Dimensions other than the plate over examples (``plate``) are summed. A site outside
+    that plate (a global latent) is shared by the batch, so its total is split evenly over
+    the examples.
     """
-    frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+    frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
     if frame is None or value.dim() < -frame.dim:
         return value.sum().expand(num_examples) / num_examples
     value = value.movedim(frame.dim, 0)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae import distributed
 from pyro_vae._checks import check_count, check_number
-from pyro_vae.inference.sites import accepts_y
+from pyro_vae.inference.program import read_program
 from pyro_vae.objectives import make_objective
 from pyro_vae.train.batches import (
     Batches,
@@ -118,10 +118,14 @@ def fit(
     .. math:: \mathrm{ELBO} = \sum_{n} \mathbb{E}_{q(z_n \mid x_n)}
         \left[\log p(x_n, z_n) - \log q(z_n \mid x_n)\right].
 
-    Works for any pair that follows the site conventions (observed ``"x"``, plate
-    ``"data"``), not only :class:`~pyro_vae.models.vae.VAE`: ``model(x)`` / ``guide(x)``, with
-    ``y=labels`` passed too when the data has labels and both functions take ``y`` (Pyro
-    gives model and guide the same arguments).
+    Works for any Pyro model/guide pair, not only :class:`~pyro_vae.models.vae.VAE`: its
+    sites are read from one trace (:func:`~pyro_vae.inference.program.read_program`), and
+    a batch is passed as :meth:`pyro.infer.SVI.step` passes its arguments, ``model(x)`` and
+    ``guide(x)``, or ``model(x, y)`` and ``guide(x, y)`` when the data are ``(x, y)`` (a
+    function whose only way to take ``y`` is a keyword-only ``y`` gets ``y=y``; a guide
+    that takes one argument gets ``x``). Floating data are converted to the parameters'
+    dtype. A program whose trace has no observed site (its ELBO would be exactly 0), or
+    data whose ``y`` the model cannot take, are refused with a :class:`ValueError`.
 
     :param model: Pyro model, e.g. ``vae.model``.
     :param guide: Pyro guide, e.g. ``vae.guide``.
@@ -216,7 +220,6 @@ def fit(
     for m in modules:
         m.to(device)
     check_data = getattr(modules[0], "check_data", None) if modules else None
-    kw_ok = accepts_y(model) and accepts_y(guide)
 
     batches = make_batches(data, batch_size, device, ctx, seed, None if transform else check_data)
     val = (
@@ -231,10 +234,13 @@ def fit(
 
     elbo = make_objective(objective, num_particles)
     set_step = getattr(elbo, "set_step", None)  # schedules, e.g. BetaELBO's KL warm-up
-    loss_fn = elbo(model, guide)  # type: ignore[arg-type]
-    probe_x, probe_kw = _probe(batches, train_eval, batch_size, transform, kw_ok)
+    probe_x, probe_kw = _probe(batches, train_eval, batch_size, transform)
     if check_data is not None:
         check_data(probe_x)
+    # The contract, read from one trace: the program must observe data, and a second
+    # tensor of the data reaches model and guide as SVI passes it (model(x, y)).
+    program = read_program(model, guide, *_probe_xy(probe_x, probe_kw))
+    loss_fn = elbo(program.call_model, program.call_guide)  # type: ignore[arg-type]
     with pyro.validation_enabled(True):  # the first evaluation is fully validated
         params, param_names = trainable_params(loss_fn, modules, probe_x, probe_kw)
     if not params:
@@ -306,7 +312,7 @@ def fit(
                 unit="step",
             )
             for x, kwargs in batches:
-                x, kwargs, n = _prepare(x, kwargs, batches.x_keys, transform, kw_ok)
+                x, kwargs, n = _prepare(x, kwargs, batches.x_keys, transform)
                 stepper(x, kwargs, n, state.step, meter, interrupt)
                 state.step += 1
                 if (
@@ -422,15 +428,11 @@ def _prepare(
     kwargs: dict[str, torch.Tensor],
     x_keys: tuple[str, ...],
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
-    kw_ok: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-    """Apply the transform to every data tensor of a batch, drop labels the model does not
-    take, and count the examples."""
+    """Apply the transform to every data tensor of a batch and count the examples."""
     if transform is not None:
         x = transform(x)
         kwargs = {k: transform(v) if k in x_keys else v for k, v in kwargs.items()}
-    if not kw_ok:
-        kwargs.pop("y", None)
     return x, kwargs, x.shape[0] + sum(kwargs[k].shape[0] for k in x_keys)
 
 
@@ -439,7 +441,6 @@ def _probe(
     train_eval: tuple[torch.Tensor, torch.Tensor | None] | None,
     batch_size: int,
     transform: Callable[[torch.Tensor], torch.Tensor] | None,
-    kw_ok: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A batch for the validated first evaluation that finds the parameters; it draws no
     examples from the data order."""
@@ -448,8 +449,18 @@ def _probe(
         x_l, y_l = batches.x_l[:n_l], batches.y_l[:n_l]
         kwargs = {"x_labelled": x_l, "y_labelled": y_l}
         x = batches.unlabelled.x[:batch_size]
-        return _prepare(x, kwargs, batches.x_keys, transform, kw_ok)[:2]
+        return _prepare(x, kwargs, batches.x_keys, transform)[:2]
     assert train_eval is not None
     x, y = train_eval
     x = x[: min(batch_size, len(x))]
-    return x, ({"y": y[: len(x)]} if kw_ok and y is not None else {})
+    return x, ({"y": y[: len(x)]} if y is not None else {})
+
+
+def _probe_xy(
+    x: torch.Tensor, kwargs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The probe batch as the program's arguments ``(x, y)``: the labelled half of a
+    semi-supervised batch, whose labels the program must take."""
+    if "x_labelled" in kwargs:
+        return kwargs["x_labelled"], kwargs["y_labelled"]
+    return x, kwargs.get("y")

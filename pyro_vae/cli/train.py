@@ -114,6 +114,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="conditional VAE on the dataset's labels: p(z|y), p(x|z,y), q(z|x,y)",
     )
     opt(
+        "--levels",
+        type=int,
+        choices=(1, 2),
+        default=d.levels,
+        help="2: the hierarchical VAE p(z2) p(z1|z2) p(x|z1) with the guide q(z2|x) "
+        "q(z1|x,z2); --prior and --guide are those of the top level z2",
+    )
+    opt(
         "--objective",
         choices=sorted(OBJECTIVES),
         default=d.objective,

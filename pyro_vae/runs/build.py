@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pyro_vae import data as data_mod
+from pyro_vae.models.hvae import HierarchicalVAE
 from pyro_vae.models.semisupervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts import BuildSpec, get_part
@@ -147,7 +148,7 @@ def num_classes(train: TensorDataset, what: str = "--conditional") -> int:
 # --------------------------------------------------------------------------- model
 
 
-def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE:
+def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE | HierarchicalVAE:
     """The model a run configuration describes, built from the registered parts.
 
     ``config.x_shape`` (and ``num_classes`` for conditional and semi-supervised models)
@@ -184,6 +185,15 @@ def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE:
         )
     prior_cls = get_part("prior", config.prior)
     prior_cls.check_guide(guide_cls)
+    if config.levels == 2:  # p(z2) p(z1|z2) p(x|z1), q(z2|x) q(z1|x,z2)
+        return HierarchicalVAE.mlp(
+            prior_cls.from_config(spec, guide),
+            likelihood,
+            guide,
+            spec.x_shape,
+            bottom_dim=config.latent_dim,
+            hidden_dims=spec.hidden_dims,
+        )
     return VAE(prior_cls.from_config(spec, guide), likelihood, guide)
 
 
@@ -207,7 +217,7 @@ class Run:
 
     path: Path
     config: RunConfig
-    module: VAE | SemiSupervisedVAE
+    module: VAE | SemiSupervisedVAE | HierarchicalVAE
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
 

@@ -42,6 +42,7 @@ MODEL_FIELDS = (
     "prior",
     "guide",
     "conditional",
+    "levels",
     "labels",
     "seed",
 )
@@ -71,6 +72,9 @@ class RunConfig:
     prior: str = "normal"
     guide: str = "diagonal"
     conditional: bool = False
+    #: 1: one latent z; 2: the hierarchical VAE p(z2) p(z1|z2) p(x|z1) (the prior and the
+    #: guide are then those of the top level z2)
+    levels: int = 1
     options: dict[str, Any] = field(default_factory=dict)
     # objective
     objective: str = "elbo"
@@ -237,6 +241,14 @@ class RunConfig:
                     f"{known[name].flag} has no effect with this model; it is read by: "
                     f"{', '.join(users)}."
                 )
+        if self.levels not in (1, 2):
+            raise ValueError(f"--levels must be 1 or 2, got {self.levels!r}.")
+        if self.levels == 2 and (self.conditional or self.model != "vae"):
+            raise ValueError(
+                "--levels 2 builds the unconditional hierarchical VAE; drop --conditional."
+            )
+        if self.levels == 2 and self.network != "mlp":
+            raise ValueError("--levels 2 uses MLP networks; use --network mlp.")
         if self.conditional:
             if self.prior != "normal" or self.network == "conv":
                 raise ValueError(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import torch
@@ -71,7 +72,7 @@ class GaussianLayer(nn.Module):
             raise ValueError(
                 f"GaussianLayer takes {len(self.in_shapes)} inputs, got {len(inputs)}."
             )
-        dtype = self.net.net[0].weight.dtype
+        dtype = next(self.net.parameters()).dtype
         flat = [
             u.to(dtype).reshape(*u.shape[: u.dim() - len(shape)], -1)
             for u, shape in zip(inputs, self.in_shapes, strict=True)
@@ -81,7 +82,7 @@ class GaussianLayer(nn.Module):
         loc, raw = self.net(u).split(self.out_dim, dim=-1)
         return loc, F.softplus(raw) + self.min_scale
 
-    def dist(self, *inputs: torch.Tensor) -> dist.Distribution:
+    def dist(self, *inputs: torch.Tensor) -> Any:
         """The Gaussian, with event shape ``(out_dim,)``."""
         return dist.Normal(*self(*inputs)).to_event(1)
 
@@ -98,6 +99,12 @@ class HierarchicalVAE(PyroModule):
     :param bottom_guide: :math:`q(z_1 \mid x, z_2)`, a :class:`GaussianLayer` on ``[x, z2]``.
     :param name: the Pyro name prefix; unique by default.
     """
+
+    prior: Any
+    transition: GaussianLayer
+    likelihood: Any
+    posterior: Any
+    bottom_posterior: GaussianLayer
 
     def __init__(
         self,
@@ -139,7 +146,7 @@ class HierarchicalVAE(PyroModule):
     ) -> HierarchicalVAE:
         """Build the two conditional Gaussians as MLPs with ``hidden_dims`` around the
         given parts (the likelihood must take ``z1`` of dimension ``bottom_dim``)."""
-        top_dim = top_guide.latent_dim
+        top_dim = int(top_guide.latent_dim)  # type: ignore[arg-type]
         transition = GaussianLayer([(top_dim,)], hidden_dims, bottom_dim)
         bottom = GaussianLayer([tuple(x_shape), (top_dim,)], hidden_dims, bottom_dim)
         return cls(prior, transition, likelihood, top_guide, bottom)
@@ -174,7 +181,7 @@ class HierarchicalVAE(PyroModule):
         r""":math:`z_2 \sim q(z_2 \mid x),\ z_1 \sim q(z_1 \mid x, z_2)`."""
         if x is None:
             raise ValueError("The guide needs data x; sample from the model to generate.")
-        with pyro.plate("data", x.shape[0], device=x.device):
+        with pyro.plate("data", x.shape[0], device=x.device):  # type: ignore[arg-type]
             z2 = pyro.sample("z2", self.posterior.dist(x))
             pyro.sample("z1", self.bottom_posterior.dist(x, z2))
 

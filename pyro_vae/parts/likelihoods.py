@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pyro import distributions as dist
@@ -374,7 +374,7 @@ class NegativeBinomialLikelihood(Likelihood):
 
     def _nb_logits(self, log_mean: torch.Tensor) -> torch.Tensor:
         # torch's NegativeBinomial has mean total_count * exp(logits)
-        return log_mean.clamp(max=30.0) - self.dispersion.log()
+        return log_mean.clamp(max=30.0) - cast(torch.Tensor, self.dispersion).log()
 
     def make_dist(self, log_mean: torch.Tensor) -> dist.Distribution:
         nb = dist.NegativeBinomial(total_count=self.dispersion, logits=self._nb_logits(log_mean))

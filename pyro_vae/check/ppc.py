@@ -179,6 +179,7 @@ def _read(
     program = read_program(
         model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites, particles=True
     )
+    program.data_site()  # raises, naming obs_site=, where the trace leaves it ambiguous
     warn_if_looping(program, num_samples, what)
     return program
 

@@ -63,7 +63,7 @@ def _cycle(t: torch.Tensor | None, m: int) -> torch.Tensor | None:
 def _site_means(program: Program, model_tr: Any) -> torch.Tensor:
     """Means of the distribution at the data site, ``(N, *shape)`` (draws where the
     distribution has no mean)."""
-    node = model_tr.nodes[program.obs_site]
+    node = model_tr.nodes[program.data_site()]
     try:
         mean = node["fn"].mean
     except NotImplementedError:
@@ -72,7 +72,7 @@ def _site_means(program: Program, model_tr: Any) -> torch.Tensor:
 
 
 def _observed(program: Program, model_tr: Any) -> torch.Tensor:
-    node = model_tr.nodes[program.obs_site]
+    node = model_tr.nodes[program.data_site()]
     return to_examples(node["value"], node, program.plate)
 
 
@@ -484,7 +484,7 @@ def save_figures(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     program = read_program(model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites)
-    keys: dict[str, Any] = {"obs_site": program.obs_site}
+    keys: dict[str, Any] = {"obs_site": program.data_site()}
     sites = program.latent_sites
     targets = y is not None and program.obs_arg == 1  # y is the data the model observes
     conditional = (

@@ -104,11 +104,13 @@ def label_call(fn: Callable[..., Any]) -> LabelCall | None:
 
 
 def _modules(fn: Callable[..., Any]) -> Iterator[nn.Module]:
-    """The ``nn.Module`` s behind a callable: itself, the object of a bound method and its
-    module attributes (a plain class holding an encoder and a decoder), and the modules
-    its code refers to (closures, globals)."""
+    """The ``nn.Module`` s behind a callable: itself, the object of a bound method (or a
+    callable object) and its module attributes (a plain class holding an encoder and a
+    decoder), and the modules its code refers to (closures, globals)."""
     fn = inspect.unwrap(fn)
     owner = getattr(fn, "__self__", None)
+    if owner is None and not inspect.isfunction(fn):
+        owner = fn  # a callable object
     for obj in (fn, owner):
         if isinstance(obj, nn.Module):
             yield obj
@@ -209,7 +211,8 @@ class Program:
     :ivar model: the Pyro model (``None`` for a guide read alone).
     :ivar guide: the Pyro guide (``None`` for a model read alone, e.g. for prior draws).
     :ivar obs_site: the data site: observed, replicated by predictive checks and drawn by
-        the figures (``None`` without a model).
+        the figures (``None`` without a model, or when the trace leaves it ambiguous:
+        :meth:`data_site` then says which keyword names it).
     :ivar label_sites: the other observed sites (labels observed at a sample site).
     :ivar latent_sites: the latent sample sites of the guide (of the model, without a
         guide), in the order they are sampled.
@@ -239,6 +242,14 @@ class Program:
     dtype: torch.dtype
     vectorizes: bool | None = None
     vectorize_error: str | None = None
+    obs_site_error: str | None = field(default=None, repr=False)
+
+    def data_site(self) -> str:
+        """The data site; raises :class:`ValueError` naming ``obs_site=`` where the trace
+        leaves it ambiguous (functions that need it call this)."""
+        if self.obs_site is None:
+            raise ValueError(self.obs_site_error or "A model is needed to find the data site.")
+        return self.obs_site
 
     def arguments(
         self, role: str, x: torch.Tensor, y: torch.Tensor | None
@@ -283,8 +294,8 @@ class Program:
         """
         guide = self.call_guide if self.guide is not None else _nothing
         model = self.call_model if self.model is not None and run_model else _nothing
-        if uncondition and self.obs_site is not None:
-            model = UnconditionSites([self.obs_site])(model)
+        if uncondition:
+            model = UnconditionSites([self.data_site()])(model)
         if num_particles is not None:
             dim = -(self.max_plate_nesting + 1)
             guide = _in_particles(guide, num_particles, dim, x.device)
@@ -317,9 +328,12 @@ def _same_data(value: Any, ref: torch.Tensor | None) -> bool:
 def _signature(fn: Callable[..., Any]) -> str:
     name = getattr(fn, "__qualname__", getattr(fn, "__name__", type(fn).__name__))
     try:
-        return f"{name}{inspect.signature(fn)}"
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return name
+    empty = inspect.Parameter.empty
+    params = [p.replace(annotation=empty) for p in sig.parameters.values()]
+    return f"{name}{sig.replace(parameters=params, return_annotation=empty)}"
 
 
 def _check_arguments(
@@ -361,7 +375,9 @@ def _data_site(
     yb: torch.Tensor | None,
     obs_site: str | None,
     model_call: LabelCall | None,
-) -> str:
+) -> tuple[str | None, str | None]:
+    """The data site, or ``None`` and why it is ambiguous; raises when nothing is
+    observed (no function can work then) or a named site is not observed."""
     if obs_site is not None:
         if obs_site not in observed:
             node = model_tr.nodes.get(obs_site)
@@ -374,7 +390,7 @@ def _data_site(
                 f"obs_site={obs_site!r}: the model has {why}; its observed sites are "
                 f"{observed}. Pass one of them as obs_site=."
             )
-        return obs_site
+        return obs_site, None
     if not observed:
         hint = ""
         if yb is None and model_call == "positional":
@@ -383,16 +399,17 @@ def _data_site(
                 "Pyro's CVAE example), pass the data as (x, y) so that it receives ys."
             )
         raise ValueError(
-            "The model has no observed site: no sample statement in its trace has obs=, so "
-            "the ELBO is exactly 0 and nothing can be learnt or evaluated. Observe the data, "
+            "The model has no observed site: no sample statement in its trace has obs= "
+            "(pyro.deterministic records values, it observes nothing), so the ELBO is "
+            "exactly 0 and nothing can be learnt or evaluated. Observe the data, "
             f'e.g. pyro.sample("obs", likelihood, obs=x).{hint}'
         )
     if len(observed) == 1:
-        return observed[0]
+        return observed[0], None
     of_x = [name for name in observed if _same_data(model_tr.nodes[name]["value"], xb)]
     if len(of_x) == 1:
-        return of_x[0]
-    raise ValueError(
+        return of_x[0], None
+    return None, (
         f"The model observes {len(observed)} sites, {observed}, and none of them alone is "
         "the first argument x, so the data site is ambiguous: pass obs_site=<name>, the "
         "site whose values the checks replicate and the figures draw."
@@ -546,8 +563,9 @@ def read_program(
     :param particles: also check whether the pair vectorizes over particles
         (:attr:`Program.vectorizes`).
     :raises ValueError: when the model has no observed site, ``y`` is given but the model
-        cannot take it, the data site is ambiguous or not in a plate over the examples, or
-        a named site does not exist; the message names the keyword or argument to fix.
+        cannot take it, the data site is not in a plate over the examples, or a named site
+        does not exist; the message names the keyword or argument to fix. An ambiguous
+        data site raises only where it is needed (:meth:`Program.data_site`).
     """
     if model is None and guide is None:
         raise ValueError("Pass a model, a guide or both.")
@@ -562,20 +580,22 @@ def read_program(
     )
     with _aside(x):
         model_tr, guide_tr = program.traces(xb, yb)
-        observed = [
+        observed = [  # pyro.deterministic records a masked, observed site: not data
             name
             for name, site in model_tr.nodes.items()
-            if site["type"] == "sample" and site["is_observed"]
+            if site["type"] == "sample"
+            and site["is_observed"]
+            and not site["infer"].get("_deterministic")
         ]
-        data_site = None
+        data_site, ambiguity = None, None
         if model is not None:
-            data_site = _data_site(model_tr, observed, xb, yb, obs_site, model_call)
+            data_site, ambiguity = _data_site(model_tr, observed, xb, yb, obs_site, model_call)
         elif obs_site is not None:
             raise ValueError("obs_site= needs the model; this function reads the guide alone.")
         source, who = (guide_tr, "guide") if guide is not None else (model_tr, "model")
         latents = _latents(source, latent_sites, who)
-        if data_site is not None:
-            plate = _example_plate(model_tr.nodes[data_site], n, "data site")
+        if model is not None:  # the data site's plate; all observed sites share it
+            plate = _example_plate(model_tr.nodes[data_site or observed[0]], n, "data site")
         elif latents:
             plate = _example_plate(source.nodes[latents[0]], n, "latent site")
         else:
@@ -592,6 +612,7 @@ def read_program(
             plate=plate,
             max_plate_nesting=_nesting(model_tr, guide_tr),
             obs_arg=obs_arg,
+            obs_site_error=ambiguity,
         )
         if particles:
             failure = _vectorize_failure(program, xb[: min(n, 2)], None if yb is None else yb[:2])

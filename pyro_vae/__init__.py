@@ -1,8 +1,9 @@
 """pyro-vae: variational autoencoders as Pyro probabilistic programs.
 
 The generative model and the amortized guide are Pyro functions assembled from plug-in
-parts (prior, likelihood, guide); :func:`fit` trains any model/guide pair that follows the
-site conventions (observed ``"x"``, latent ``"z"``, labels ``"y"``, plate ``"data"``).
+parts (prior, likelihood, guide); :func:`fit` and every check train and evaluate any Pyro
+model/guide pair, whose sites, plate over examples and arguments are read from a trace
+(:func:`pyro_vae.inference.program.read_program`).
 """
 
 from pyro_vae.check.diagnostics import PosteriorCollapseWarning, latent_diagnostics

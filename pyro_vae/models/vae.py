@@ -6,9 +6,10 @@ Generative model and amortized guide:
 
     p_\theta(x, z) = p_\theta(z)\, p_\theta(x \mid z), \qquad q_\phi(z \mid x).
 
-Site conventions, shared by every function of this library that takes a model and a guide:
-observed site ``"x"``, latent site ``"z"``, optional label site ``"y"``, and the plate
-``"data"`` over the examples of a batch.
+Its sites are named as all of our own parts name them: observed site ``"x"``, latent site
+``"z"``, optional label site ``"y"``, and the plate ``"data"`` over the examples of a batch.
+The functions of this library read a program's sites from a trace, so user programs may
+name theirs as they like.
 """
 
 from __future__ import annotations

@@ -20,13 +20,14 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from pyro import distributions as dist
 from torch.distributions import kl_divergence
 
 from pyro_vae.inference.particles import draw_particles, per_example_values, warn_if_looping
-from pyro_vae.inference.program import Program, read_program, to_examples
+from pyro_vae.inference.program import Program, read_program, to_examples, trace_sites
 
 __all__ = [
     "LatentDiagnostics",
@@ -44,7 +45,7 @@ class PosteriorCollapseWarning(UserWarning):
     """Few latent units carry information about ``x``, or the KL is near zero."""
 
 
-def _factors(d: dist.Distribution) -> dist.Distribution | None:
+def _factors(d: Any) -> dist.Distribution | None:
     """The per-element factors of a distribution that factorizes over its event (an
     :class:`~torch.distributions.Independent` of a scalar distribution, or a scalar
     distribution itself), or ``None`` if it does not factorize that way."""
@@ -78,7 +79,7 @@ def _site_kl(
     model_tr, guide_tr = program.traces(xb, yb)
     out: dict[str, torch.Tensor | None] = {}
     for site in program.latent_sites:
-        q_site, p_site = guide_tr.nodes[site], model_tr.nodes.get(site)
+        q_site, p_site = trace_sites(guide_tr)[site], trace_sites(model_tr).get(site)
         if p_site is None or p_site["type"] != "sample":
             raise ValueError(
                 f"The guide samples {site!r} but the model has no sample site {site!r}, so "
@@ -159,13 +160,14 @@ def _kl_by_site(
     for xb, yb in _batches(x, y, batch_size):
         for site, kl in _site_kl(program, xb, yb, num_samples, strict).items():
             chunks[site].append(kl)
-    return {
-        site: None if any(c is None for c in v) else torch.cat(v)  # type: ignore[misc]
-        for site, v in chunks.items()
-    }
+    out: dict[str, torch.Tensor | None] = {}
+    for site, parts in chunks.items():
+        tensors = [c for c in parts if c is not None]
+        out[site] = torch.cat(tensors) if len(tensors) == len(parts) else None
+    return out
 
 
-def _has_upstream(trace_nodes: dict, site: str) -> bool:
+def _has_upstream(trace_nodes: dict[str, Any], site: str) -> bool:
     """Whether a latent is sampled before ``site`` in the guide (its distribution may
     then depend on that draw)."""
     for name, node in trace_nodes.items():
@@ -184,12 +186,12 @@ def _means_batch(
     average over ``num_samples`` particles of the mean given the draws, or of the draws."""
     n = xb.shape[0]
     model_tr, guide_tr = program.traces(xb, yb, run_model=False)
-    tr = program.latent_trace(guide_tr, model_tr)
+    nodes = trace_sites(program.latent_trace(guide_tr, model_tr))
     out: dict[str, torch.Tensor] = {}
     sampled = []
     for site in program.latent_sites:
-        node = tr.nodes[site]
-        if not _has_upstream(tr.nodes, site):
+        node = nodes[site]
+        if not _has_upstream(nodes, site):
             try:
                 mean = node["fn"].mean
                 out[site] = _rows(to_examples(mean, node, program.plate), n)
@@ -201,9 +203,9 @@ def _means_batch(
         sums: dict[str, torch.Tensor] = {}
         nesting = program.max_plate_nesting
         for m_tr, g_tr in draw_particles(program, xb, yb, num_samples, run_model=False):
-            tr = program.latent_trace(g_tr, m_tr)
+            nodes = trace_sites(program.latent_trace(g_tr, m_tr))
             for site in sampled:
-                node = tr.nodes[site]
+                node = nodes[site]
                 try:
                     value = node["fn"].mean
                 except NotImplementedError:

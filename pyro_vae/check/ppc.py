@@ -34,7 +34,7 @@ from pyro_vae.inference.particles import (
     per_example_values,
     warn_if_looping,
 )
-from pyro_vae.inference.program import Program, read_program
+from pyro_vae.inference.program import Program, read_program, trace_sites
 
 __all__ = [
     "bayesian_p_values",
@@ -72,13 +72,13 @@ def _check(x: torch.Tensor, y: torch.Tensor | None, num_samples: int, batch_size
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; pass matching y.")
 
 
-def _values(node: dict, value: torch.Tensor, program: Program, num: int) -> torch.Tensor:
-    """A site's tensor as ``(K, N, *rest)``, broadcast over particles and examples."""
+def _values(node: Any, value: torch.Tensor, program: Program) -> torch.Tensor:
+    """A site's tensor as ``(K, N, *rest)``, broadcast to the site's full shape first (a
+    run per particle has ``K = 1``)."""
     fn = node["fn"]
     full = torch.Size(fn.batch_shape) + torch.Size(fn.event_shape)
     value = value.expand(torch.broadcast_shapes(value.shape, full))
-    out = per_example_values(value, node, program.max_plate_nesting, program.plate)
-    return out.expand(out.shape[0] if out.shape[0] > 1 else num, *out.shape[1:])
+    return per_example_values(value, node, program.max_plate_nesting, program.plate)
 
 
 @torch.no_grad()
@@ -92,42 +92,45 @@ def _predictive(
 ) -> dict[str, Any]:
     """Latent draws, replicates of the data site, the observed values and (posterior
     only) log p(x | z), each with a leading ``(1, S, N)`` (the observed ``(N, ...)``)."""
-    site = program.obs_site
+    site = program.data_site()
     nesting = program.max_plate_nesting
     latents: dict[str, list[np.ndarray]] = {}
-    reps, logliks, observed = [], [], []
+    reps: list[np.ndarray] = []
+    logliks: list[np.ndarray] = []
+    observed: list[np.ndarray] = []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         yb = None if y is None else y[start : start + batch_size]
         n = xb.shape[0]
         batch: dict[str, list[torch.Tensor]] = {}
-        rep, loglik = [], []
+        rep: list[torch.Tensor] = []
+        loglik: list[torch.Tensor] = []
         for model_tr, guide_tr in draw_particles(program, xb, yb, num_samples, uncondition=True):
-            node = model_tr.nodes[site]
-            source = guide_tr if posterior else model_tr
-            for name in program.latent_sites if posterior else _model_latents(model_tr, site):
-                latent = source.nodes[name]
-                batch.setdefault(name, []).append(_values(latent, latent["value"], program, 1))
-            rep.append(_values(node, node["value"], program, 1))
-            obs = node["infer"]["obs"]
+            nodes = trace_sites(model_tr)
+            node = nodes[site]
+            source = trace_sites(guide_tr) if posterior else nodes
+            for name in program.latent_sites if posterior else _model_latents(nodes, site):
+                latent = source[name]
+                batch.setdefault(name, []).append(_values(latent, latent["value"], program))
+            rep.append(_values(node, node["value"], program))
+            obs = node["infer"]["obs"]  # the observed value, kept by the unconditioning
             if posterior:
                 lp = node["fn"].log_prob(obs)
                 loglik.append(per_example_particles(lp, node, n, nesting, program.plate))
         for name, parts in batch.items():
-            value = torch.cat(parts)
-            latents.setdefault(name, []).append(
-                value.expand(num_samples, *value.shape[1:]).cpu().numpy()
-            )
+            value = torch.cat(parts)  # (S, n, ...), or (1, n, ...) if shared by the draws
+            value = value.expand(num_samples, *value.shape[1:])
+            latents.setdefault(name, []).append(value.cpu().numpy())
         rep_b = torch.cat(rep)
         reps.append(rep_b.expand(num_samples, *rep_b.shape[1:]).cpu().numpy())
-        observed.append(_values(node, obs, program, 1)[0].expand(rep_b.shape[1:]).cpu().numpy())
+        observed.append(_values(node, obs, program)[0].expand(rep_b.shape[1:]).cpu().numpy())
         if posterior:
             logliks.append(torch.cat(loglik).cpu().numpy())
     rep_all = np.concatenate(reps, axis=1)[None]
     dims = {site: [EXAMPLE_DIM, *_event_dims(site, tuple(rep_all.shape[3:]), True)]}
     draws = {}
-    for name, parts in latents.items():
-        draws[name] = np.concatenate(parts, axis=1)[None]
+    for name, arrays in latents.items():
+        draws[name] = np.concatenate(arrays, axis=1)[None]
         dims[name] = [EXAMPLE_DIM, *_event_dims(name, tuple(draws[name].shape[3:]), False)]
     return {
         "draws": draws,
@@ -138,10 +141,10 @@ def _predictive(
     }
 
 
-def _model_latents(model_tr: Any, site: str) -> list[str]:
+def _model_latents(nodes: dict[str, Any], site: str) -> list[str]:
     return [
         name
-        for name, node in model_tr.nodes.items()
+        for name, node in nodes.items()
         if node["type"] == "sample" and not node["is_observed"] and name != site
     ]
 
@@ -238,7 +241,7 @@ def posterior_predictive(
         "posterior_predictive",
     )
     out = _predictive(program, x, y, num_samples, batch_size, posterior=True)
-    site = program.obs_site
+    site = program.data_site()
     return az.from_dict(
         posterior=out["draws"],
         posterior_predictive={site: out["rep"]},
@@ -276,7 +279,7 @@ def prior_predictive(
     """
     program = _read(model, None, x, y, num_samples, batch_size, obs_site, None, "prior_predictive")
     out = _predictive(program, x, y, num_samples, batch_size, posterior=False)
-    site = program.obs_site
+    site = program.data_site()
     return az.from_dict(
         prior=out["draws"],
         prior_predictive={site: out["rep"]},

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from pyro import poutine
@@ -31,6 +31,7 @@ from pyro_vae.inference.program import (
     label_call,
     read_program,
     to_examples,
+    trace_sites,
 )
 
 __all__ = [
@@ -53,6 +54,14 @@ __all__ = [
 LatentSites = str | Sequence[str] | None
 
 
+@overload
+def _cycle(t: torch.Tensor, m: int) -> torch.Tensor: ...
+
+
+@overload
+def _cycle(t: None, m: int) -> None: ...
+
+
 def _cycle(t: torch.Tensor | None, m: int) -> torch.Tensor | None:
     """``m`` rows of ``t``, repeating its rows in turn."""
     if t is None:
@@ -63,7 +72,7 @@ def _cycle(t: torch.Tensor | None, m: int) -> torch.Tensor | None:
 def _site_means(program: Program, model_tr: Any) -> torch.Tensor:
     """Means of the distribution at the data site, ``(N, *shape)`` (draws where the
     distribution has no mean)."""
-    node = model_tr.nodes[program.data_site()]
+    node = trace_sites(model_tr)[program.data_site()]
     try:
         mean = node["fn"].mean
     except NotImplementedError:
@@ -72,7 +81,7 @@ def _site_means(program: Program, model_tr: Any) -> torch.Tensor:
 
 
 def _observed(program: Program, model_tr: Any) -> torch.Tensor:
-    node = model_tr.nodes[program.data_site()]
+    node = trace_sites(model_tr)[program.data_site()]
     return to_examples(node["value"], node, program.plate)
 
 
@@ -219,7 +228,7 @@ def decode_means(
     model_tr, _ = program.traces(template, labels, uncondition=True)  # type: ignore[arg-type]
     values, start = {}, 0
     for site in program.latent_sites:
-        node = model_tr.nodes[site]
+        node = trace_sites(model_tr)[site]
         rest = to_examples(node["value"], node, program.plate).shape[1:]
         part = z[:, start : start + rest.numel()].reshape(m, *rest)
         values[site] = from_examples(part.to(node["value"].dtype), node, program.plate)

@@ -35,7 +35,7 @@ import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import pyro
 import torch
@@ -57,6 +57,7 @@ __all__ = [
     "parameter_dtype",
     "read_program",
     "to_examples",
+    "trace_sites",
 ]
 
 #: The plate of vectorized particles, placed to the left of every plate of the program.
@@ -137,6 +138,14 @@ def parameter_dtype(*fns: Callable[..., Any] | None) -> torch.dtype:
                 if p.is_floating_point():
                     return p.dtype
     return torch.get_default_dtype()
+
+
+@overload
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
+
+
+@overload
+def cast(t: None, dtype: torch.dtype) -> None: ...
 
 
 def cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -421,7 +430,7 @@ def _latents(
 ) -> tuple[str, ...]:
     found = tuple(
         name
-        for name, site in tr.nodes.items()
+        for name, site in trace_sites(tr).items()
         if site["type"] == "sample" and not site["is_observed"]
     )
     if latent_sites is None:
@@ -453,14 +462,19 @@ def _example_plate(site: Mapping[str, Any], n: int, what: str) -> str:
     return min(frames, key=lambda f: f.dim).name
 
 
+def trace_sites(tr: poutine.Trace) -> dict[str, Any]:
+    """A trace's sites, untyped (Pyro types a site's ``fn`` as any callable)."""
+    return tr.nodes  # type: ignore[return-value]
+
+
 def _nesting(*traces: poutine.Trace) -> int:
-    dims = [
+    dims: list[int] = [
         frame.dim
         for tr in traces
-        for site in tr.nodes.values()
+        for site in trace_sites(tr).values()
         if site["type"] == "sample"
         for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.name != PARTICLE_PLATE
+        if frame.vectorized and frame.name != PARTICLE_PLATE and frame.dim is not None
     ]
     return -min(dims) if dims else 0
 
@@ -487,7 +501,7 @@ def _per_particle(lp: torch.Tensor, k: int, nesting: int) -> torch.Tensor:
 def _totals(model_tr: poutine.Trace, guide_tr: poutine.Trace, k: int, nesting: int) -> torch.Tensor:
     total = torch.zeros(k, dtype=torch.float64)
     for sign, tr, latent_only in ((1.0, model_tr, False), (-1.0, guide_tr, True)):
-        for site in tr.nodes.values():
+        for site in trace_sites(tr).values():
             if site["type"] != "sample" or (latent_only and site["is_observed"]):
                 continue
             lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
@@ -499,7 +513,7 @@ def _particle_slice(traces: Sequence[poutine.Trace], i: int, nesting: int) -> po
     """The latent draws of particle ``i`` of vectorized traces, as a trace to replay."""
     out = poutine.Trace()
     for tr in traces:
-        for name, site in tr.nodes.items():
+        for name, site in trace_sites(tr).items():
             if site["type"] != "sample" or site["is_observed"] or name in out.nodes:
                 continue
             value = site["value"]
@@ -582,7 +596,7 @@ def read_program(
         model_tr, guide_tr = program.traces(xb, yb)
         observed = [  # pyro.deterministic records a masked, observed site: not data
             name
-            for name, site in model_tr.nodes.items()
+            for name, site in trace_sites(model_tr).items()
             if site["type"] == "sample"
             and site["is_observed"]
             and not site["infer"].get("_deterministic")

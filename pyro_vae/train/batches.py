@@ -2,8 +2,9 @@ r"""Data for :func:`~pyro_vae.train.loop.fit`: checks, and batching policies tha
 place in the data.
 
 A batching policy yields ``(x, kwargs)`` pairs: ``x`` is the batch passed first to the loss,
-``kwargs`` the keyword tensors passed with it (``y`` for labelled data, ``x_labelled`` and
-``y_labelled`` for :class:`SemiSupervisedBatches`). Its position inside the epoch is part
+``kwargs`` the keyword tensors passed with it (``y`` for labelled data, which reaches the
+model as its second argument, ``model(x, y)``; ``x_labelled`` and ``y_labelled`` for
+:class:`SemiSupervisedBatches`). Its position inside the epoch is part
 of its ``state_dict`` (the epoch's order and the number of examples already handed out),
 so a checkpoint taken in the middle of an epoch resumes exactly, even with another batch
 size for tensor data: the rest of the saved order is split into batches of the new size.
@@ -227,6 +228,12 @@ class LoaderBatches:
             if isinstance(batch, torch.Tensor):
                 yield batch.to(self.device), {}
             else:
+                if len(batch) > 2:
+                    raise ValueError(
+                        f"The DataLoader yields {len(batch)} tensors per batch, but a batch "
+                        "reaches the model as model(x) or model(x, y): make its items x or "
+                        "(x, y), so that no tensor is dropped."
+                    )
                 y = batch[1].to(self.device) if len(batch) > 1 else None
                 yield batch[0].to(self.device), _kwargs(y)
 

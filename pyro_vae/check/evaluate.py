@@ -5,7 +5,8 @@ hold for any prior, likelihood and guide, not only Gaussians:
 
 - :func:`elbo_terms`: the ELBO and its two terms per example;
 - :func:`~pyro_vae.check.loglik.log_likelihood`: the importance-sampled :math:`\log p(x)` (the
-  IWAE bound's estimate) with its standard error;
+  IWAE bound's estimate) with its Monte Carlo standard error and the Pareto :math:`\hat k`
+  diagnostic of the importance weights;
 - :func:`~pyro_vae.check.diagnostics.latent_diagnostics`: KL per dimension and active units;
 - :func:`evaluate`: all of them in one report.
 """
@@ -23,7 +24,7 @@ from pyro.distributions import MaskedDistribution
 from torch.distributions import kl_divergence
 
 from pyro_vae.check.diagnostics import latent_diagnostics
-from pyro_vae.check.loglik import log_likelihood
+from pyro_vae.check.loglik import PARETO_K_THRESHOLD, LogLikelihood, log_likelihood
 from pyro_vae.inference.sites import label_kwargs, per_example
 from pyro_vae.parts.distributions import DiscretizedLogistic
 
@@ -112,6 +113,15 @@ def is_discrete(model: Callable, x: torch.Tensor, y: torch.Tensor | None = None)
     return bool(fn.support.is_discrete) or isinstance(fn, DiscretizedLogistic)  # type: ignore[attr-defined]
 
 
+def _pareto_summary(ll: LogLikelihood) -> dict[str, float | None]:
+    k = ll.pareto_k[~torch.isnan(ll.pareto_k)]
+    return {
+        "pareto_k_max": ll.pareto_k_max,
+        "pareto_k_median": k.median().item() if k.numel() else None,
+        "pareto_k_frac_above_0_7": ll.pareto_k_fraction_above(PARETO_K_THRESHOLD),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: Callable,
@@ -129,7 +139,14 @@ def evaluate(
     - ``elbo``, ``reconstruction``, ``kl``: dataset means of :func:`elbo_terms`;
     - ``nll``, ``nll_stderr``: :math:`-\widehat{\log p}(x)` from
       :func:`~pyro_vae.check.loglik.log_likelihood` with ``num_samples`` importance samples, and
-      the Monte Carlo standard error of the mean;
+      the Monte Carlo standard error of that dataset mean given the data (its spread over
+      reruns on the same examples; it does not include the estimator's bias, which makes
+      ``nll`` too large: :math:`\mathbb{E}[\widehat{\log p}] \le \log p`);
+    - ``pareto_k_max``, ``pareto_k_median``, ``pareto_k_frac_above_0_7``: the largest and
+      the median Pareto :math:`\hat k` of the examples' importance weights, and the
+      fraction of examples above 0.7, where the estimate is unreliable (``None`` when
+      :math:`K < 21`); :func:`~pyro_vae.check.loglik.log_likelihood` warns when that
+      fraction exceeds 5%;
     - ``bits_per_dim``: ``nll / (D ln 2)`` when the likelihood of ``"x"`` is discrete
       (:func:`is_discrete`), else ``None`` (a density is not a code length);
     - ``active_units``, ``latent_dim``, ``activity``, ``kl_per_dim`` (``None`` if the guide
@@ -173,6 +190,7 @@ def evaluate(
         "kl": terms["kl"].mean().item(),
         "nll": nll,
         "nll_stderr": ll.mean_stderr,
+        **_pareto_summary(ll),
         "bits_per_dim": nll / (dims * math.log(2)) if is_discrete(model, x, y) else None,
         "active_units": diag.num_active,
         "latent_dim": diag.latent_dim,

@@ -80,6 +80,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "or more",
         "nll": "the likelihood gave a zero density (e.g. a scale collapsed to 0)",
         "elbo": "the likelihood gave a zero density (e.g. a scale collapsed to 0)",
+        "pareto_k_max": "the largest importance weights are tied (k-hat -inf: the guide "
+        "matches the posterior) or K < 21 leaves no tail to fit (NaN)",
+        "pareto_k_median": "K < 21 leaves no tail to fit",
     }
     out = RunDirectory.open(args.run_dir, "read").write_json(
         "evaluation.json", report, reasons=reasons

@@ -143,7 +143,9 @@ def kl_per_dim(
         (a flow or a full-covariance Gaussian); use
         :func:`~pyro_vae.check.evaluate.elbo_terms` for its total KL.
     """
-    program = read_program(model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites)
+    program = read_program(
+        model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites, num_examples=batch_size
+    )
     per_site = _kl_by_site(program, x, y, num_samples, batch_size, strict=True)
     return torch.cat(list(per_site.values()), dim=1)  # type: ignore[arg-type]
 
@@ -251,7 +253,9 @@ def posterior_means(
     :param num_samples: particles for the Monte Carlo mean.
     :param batch_size: examples per forward pass.
     """
-    program = read_program(None, guide, x, y, latent_sites=latent_sites, particles=True)
+    program = read_program(
+        None, guide, x, y, latent_sites=latent_sites, particles=True, num_examples=batch_size
+    )
     warn_if_looping(program, num_samples, "posterior_means")
     means = _means_by_site(program, x, y, num_samples, batch_size)
     return torch.cat(list(means.values()), dim=1)
@@ -357,7 +361,14 @@ def latent_diagnostics(
     :param warn: issue the warning (set ``False`` to only compute).
     """
     program = read_program(
-        model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites, particles=True
+        model,
+        guide,
+        x,
+        y,
+        obs_site=obs_site,
+        latent_sites=latent_sites,
+        particles=True,
+        num_examples=batch_size,
     )
     warn_if_looping(program, num_samples, "latent_diagnostics")
     means = _means_by_site(program, x, y, num_samples, batch_size)

@@ -180,7 +180,14 @@ def _read(
 ) -> Program:
     _check(x, y, num_samples, batch_size)
     program = read_program(
-        model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites, particles=True
+        model,
+        guide,
+        x,
+        y,
+        obs_site=obs_site,
+        latent_sites=latent_sites,
+        particles=True,
+        num_examples=batch_size,
     )
     program.data_site()  # raises, naming obs_site=, where the trace leaves it ambiguous
     warn_if_looping(program, num_samples, what)

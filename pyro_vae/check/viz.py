@@ -101,7 +101,9 @@ def prior_means(
 
     :returns: ``(N, *shape)`` in the shape the model observes.
     """
-    program = read_program(model, None, x_template, y, obs_site=obs_site)
+    program = read_program(
+        model, None, x_template, y, obs_site=obs_site, num_examples=len(x_template)
+    )
     model_tr, _ = program.traces(x_template, y, uncondition=True)
     return _site_means(program, model_tr)
 
@@ -116,7 +118,7 @@ def reconstruction_means(
     obs_site: str | None = None,
 ) -> torch.Tensor:
     r"""Means of :math:`p(x \mid z)` for one :math:`z \sim q(z \mid x)` per example."""
-    program = read_program(model, guide, x, y, obs_site=obs_site)
+    program = read_program(model, guide, x, y, obs_site=obs_site, num_examples=len(x))
     model_tr, _ = program.traces(x, y)
     return _site_means(program, model_tr)
 
@@ -223,7 +225,7 @@ def decode_means(
     m = z.shape[0]
     template, labels = _cycle(x_template, m), _cycle(y, m)
     program = read_program(
-        model, None, template, labels, obs_site=obs_site, latent_sites=latent_sites
+        model, None, template, labels, obs_site=obs_site, latent_sites=latent_sites, num_examples=m
     )
     model_tr, _ = program.traces(template, labels, uncondition=True)  # type: ignore[arg-type]
     values, start = {}, 0
@@ -335,7 +337,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def _guide_sites(
     guide: Callable, x: torch.Tensor, y: torch.Tensor | None, latent_sites: LatentSites
 ) -> tuple[str, ...]:
-    return read_program(None, guide, x, y, latent_sites=latent_sites).latent_sites
+    return read_program(
+        None, guide, x, y, latent_sites=latent_sites, num_examples=len(x)
+    ).latent_sites
 
 
 @torch.no_grad()
@@ -492,7 +496,10 @@ def save_figures(
     out.mkdir(parents=True, exist_ok=True)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    program = read_program(model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites)
+    m = min(2000, x.shape[0])
+    program = read_program(
+        model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites, num_examples=m
+    )
     keys: dict[str, Any] = {"obs_site": program.data_site()}
     sites = program.latent_sites
     targets = y is not None and program.obs_arg == 1  # y is the data the model observes
@@ -506,7 +513,6 @@ def save_figures(
         )
     given = y if targets or conditional else None
     paths = []
-    m = min(2000, x.shape[0])
     with torch.no_grad():
         model_tr, _ = program.traces(x[:m], _rows(given, m))
     data, recon = _observed(program, model_tr), _site_means(program, model_tr)

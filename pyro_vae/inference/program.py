@@ -3,8 +3,8 @@ r"""What a model/guide pair is, read from one traced run of it: its contract.
 Every function of the library that takes a model and a guide accepts any Pyro program,
 written as Pyro's own examples write them: any site names, any number of latent sites,
 ``model(xs, ys=None)``, labels observed at a sample site. What it needs to know is read
-from a trace of the guide and of the model replayed on the guide's draws, on a few
-examples (:func:`read_program`), not from names:
+from a trace of the guide and of the model replayed on the guide's draws, on the first
+batch of examples (:func:`read_program`), not from names:
 
 - **observed sites**: the model's sample sites with ``obs=``. The *data site*
   (``obs_site``) is the one whose values the predictive checks replicate and the figures
@@ -553,12 +553,14 @@ def read_program(
     obs_site: str | None = None,
     latent_sites: str | Sequence[str] | None = None,
     particles: bool = False,
+    num_examples: int = READ_EXAMPLES,
 ) -> Program:
-    r"""Read the contract of a model/guide pair from one traced run on the first few
-    examples of ``x`` (and ``y``): the guide runs on the data, the model is replayed on the
-    guide's draws, and the trace tells which sites are observed and latent, which plate runs
-    over the examples and how deeply plates nest. The global random state is left as it
-    was, and nothing reaches outer effect handlers.
+    r"""Read the contract of a model/guide pair from one traced run on the first
+    ``num_examples`` examples of ``x`` (and ``y``): the guide runs on the data, the model is
+    replayed on the guide's draws, and the trace tells which sites are observed and latent,
+    which plate runs over the examples and how deeply plates nest. That run draws from the
+    global random stream, as a guess of the plate nesting by Pyro's ELBOs does; the
+    particle check leaves the stream as it was. Nothing reaches outer effect handlers.
 
     The arguments are passed as :meth:`pyro.infer.SVI.step` passes them: ``model(x)``, or
     ``model(x, y)`` when ``y`` is given (a keyword-only ``y`` parameter gets ``y=y``); the
@@ -575,7 +577,9 @@ def read_program(
     :param latent_sites: selects latent sites (a name or a sequence of names); default
         every latent site.
     :param particles: also check whether the pair vectorizes over particles
-        (:attr:`Program.vectorizes`).
+        (:attr:`Program.vectorizes`), on the same examples.
+    :param num_examples: the examples read, the first of ``x``: pass the batch size the
+        caller will use, so that a program written for that batch size reads as it runs.
     :raises ValueError: when the model has no observed site, ``y`` is given but the model
         cannot take it, the data site is not in a plate over the examples, or a named site
         does not exist; the message names the keyword or argument to fix. An ambiguous
@@ -587,13 +591,14 @@ def read_program(
     guide_call = None if guide is None else label_call(guide)
     _check_arguments(model, guide, model_call, guide_call, x, y)
     dtype = parameter_dtype(model, guide)
-    n = min(x.shape[0], READ_EXAMPLES)
+    n = min(x.shape[0], num_examples)
     xb, yb = cast(x[:n], dtype), cast(None if y is None else y[:n], dtype)
     program = Program(
         model, guide, None, (), (), DATA_PLATE, 0, model_call, guide_call, None, dtype
     )
-    with _aside(x):
+    with poutine.block(), torch.no_grad():  # one run, as Pyro's ELBOs guess plate nesting
         model_tr, guide_tr = program.traces(xb, yb)
+    with _aside(x):
         observed = [  # pyro.deterministic records a masked, observed site: not data
             name
             for name, site in trace_sites(model_tr).items()
@@ -629,6 +634,6 @@ def read_program(
             obs_site_error=ambiguity,
         )
         if particles:
-            failure = _vectorize_failure(program, xb[: min(n, 2)], None if yb is None else yb[:2])
+            failure = _vectorize_failure(program, xb, yb)
             program = replace(program, vectorizes=failure is None, vectorize_error=failure)
     return program

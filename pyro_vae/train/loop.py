@@ -239,7 +239,8 @@ def fit(
         check_data(probe_x)
     # The contract, read from one trace: the program must observe data, and a second
     # tensor of the data reaches model and guide as SVI passes it (model(x, y)).
-    program = read_program(model, guide, *_probe_xy(probe_x, probe_kw))
+    probe_xy = _probe_xy(probe_x, probe_kw)
+    program = read_program(model, guide, *probe_xy, num_examples=len(probe_xy[0]))
     loss_fn = elbo(program.call_model, program.call_guide)  # type: ignore[arg-type]
     with pyro.validation_enabled(True):  # the first evaluation is fully validated
         params, param_names = trainable_params(loss_fn, modules, probe_x, probe_kw)

@@ -1,7 +1,9 @@
-r"""Evaluation of any model/guide pair that follows the site conventions.
+r"""Evaluation of any model/guide pair.
 
 The terms are computed from Pyro traces (the model replayed on a guide sample), so they
-hold for any prior, likelihood and guide, not only Gaussians:
+hold for any prior, likelihood and guide, not only Gaussians; the sites, the plate over
+examples and the arguments are read from a trace too
+(:func:`~pyro_vae.inference.program.read_program`), so they hold for any Pyro program:
 
 - :func:`elbo_terms`: the ELBO and its two terms per example;
 - :func:`~pyro_vae.check.loglik.log_likelihood`: the importance-sampled :math:`\log p(x)` (the
@@ -15,39 +17,38 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
-from pyro import poutine
 from pyro.distributions import MaskedDistribution
 from torch.distributions import kl_divergence
 
 from pyro_vae.check.diagnostics import latent_diagnostics
 from pyro_vae.check.loglik import PARETO_K_THRESHOLD, LogLikelihood, log_likelihood
-from pyro_vae.inference.sites import label_kwargs, per_example
+from pyro_vae.inference.program import Program, read_program, to_examples
+from pyro_vae.inference.sites import per_example
 from pyro_vae.parts.distributions import DiscretizedLogistic
 
 __all__ = ["elbo_terms", "evaluate", "is_discrete"]
 
 
 def _terms_batch(
-    model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None
+    program: Program, x: torch.Tensor, y: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
     n = x.shape[0]
-    guide_tr = poutine.trace(guide).get_trace(x, **label_kwargs(guide, y))
-    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
-        x, **label_kwargs(model, y)
-    )
+    model_tr, guide_tr = program.traces(x, y)
     model_tr.compute_log_prob()
     guide_tr.compute_log_prob()
-    recon = x.new_zeros(n)
-    kl = x.new_zeros(n)
+    recon = torch.zeros(n, dtype=program.dtype, device=x.device)
+    kl = torch.zeros(n, dtype=program.dtype, device=x.device)
+    per_site = {}
     for name, site in model_tr.nodes.items():
         if site["type"] != "sample":
             continue
         if site["is_observed"]:
-            recon = recon + per_example(site["log_prob"], site, n)
+            recon = recon + per_example(site["log_prob"], site, n, program.plate)
             continue
         q_site = guide_tr.nodes.get(name)
         if q_site is None or q_site["type"] != "sample":
@@ -56,8 +57,9 @@ def _terms_batch(
             value = kl_divergence(q_site["fn"], site["fn"])  # type: ignore[arg-type]
         except NotImplementedError:
             value = q_site["log_prob"] - site["log_prob"]
-        kl = kl + per_example(value, site, n)
-    return {"elbo": recon - kl, "reconstruction": recon, "kl": kl}
+        per_site[f"kl_{name}"] = per_example(value, site, n, program.plate)
+        kl = kl + per_site[f"kl_{name}"]
+    return {"elbo": recon - kl, "reconstruction": recon, "kl": kl, **per_site}
 
 
 @torch.no_grad()
@@ -69,7 +71,8 @@ def elbo_terms(
     *,
     batch_size: int = 1000,
 ) -> dict[str, torch.Tensor]:
-    r"""Per-example ELBO and its two terms, from one sample :math:`z \sim q(z \mid x)`:
+    r"""Per-example ELBO, its two terms and the KL of each latent site, from one sample
+    :math:`z \sim q(z \mid x)`:
 
     .. math::
 
@@ -78,39 +81,58 @@ def elbo_terms(
 
     The KL is computed in closed form with :func:`torch.distributions.kl_divergence` where
     a formula is registered for the pair of distributions, and by Monte Carlo
-    (:math:`\log q(z) - \log p(z)`) otherwise.
+    (:math:`\log q(z) - \log p(z)`) otherwise. The reconstruction term sums every observed
+    site (labels observed at a sample site included); the KL sums every latent site of the
+    guide that the model samples too, and ``kl_<site>`` holds each one's share.
 
-    :param model: Pyro model with observed site ``"x"`` in plate ``"data"``.
+    :param model: Pyro model (any site names; read from a trace).
     :param guide: the matching guide.
-    :param x: data ``(N, ...)``.
-    :param y: optional labels, passed to a model/guide that takes ``y``.
+    :param x: data ``(N, ...)`` (the first argument); float64 is converted to the
+        parameters' dtype.
+    :param y: optional second argument (labels, targets), passed as
+        :meth:`pyro.infer.SVI.step` would pass it: ``model(x, y)``.
     :param batch_size: examples per forward pass.
-    :returns: ``{"elbo", "reconstruction", "kl"}``, each of shape ``(N,)``, in nats.
+    :returns: ``{"elbo", "reconstruction", "kl", "kl_<site>" for each latent site}``, each
+        of shape ``(N,)``, in nats.
     """
     if x.shape[0] == 0:
         raise ValueError("elbo_terms needs at least one example; x is empty.")
-    chunks: dict[str, list[torch.Tensor]] = {"elbo": [], "reconstruction": [], "kl": []}
+    program = read_program(model, guide, x, y, num_examples=batch_size)
+    chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, x.shape[0], batch_size):
         yb = None if y is None else y[start : start + batch_size]
-        terms = _terms_batch(model, guide, x[start : start + batch_size], yb)
+        terms = _terms_batch(program, x[start : start + batch_size], yb)
         for k, v in terms.items():
-            chunks[k].append(v)
+            chunks.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in chunks.items()}
 
 
-def is_discrete(model: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> bool:
-    r"""Whether the distribution at the observed site ``"x"`` is discrete (e.g. Bernoulli),
-    so that :math:`-\log p(x)` is a code length and bits per dimension are meaningful."""
-    trace = poutine.trace(poutine.uncondition(model)).get_trace(
-        x[:1], **label_kwargs(model, None if y is None else y[:1])
-    )
-    if "x" not in trace.nodes:
-        raise ValueError('The model has no site "x"; name the observed site "x".')
-    fn = trace.nodes["x"]["fn"]
+def is_discrete(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    obs_site: str | None = None,
+) -> bool:
+    r"""Whether the distribution at the data site (read from a trace; ``obs_site=`` where
+    the model observes several) is discrete (e.g. Bernoulli), so that :math:`-\log p(x)`
+    is a code length and bits per dimension are meaningful."""
+    return _data_facts(read_program(model, None, x, y, obs_site=obs_site), x, y)[0]
+
+
+def _data_facts(program: Program, x: torch.Tensor, y: torch.Tensor | None) -> tuple[bool, int]:
+    """Whether the data site's distribution is discrete, and its elements per example."""
+    site = program.data_site()
+    prior = replace(program, guide=None)  # the model alone, drawing its latents
+    model_tr, _ = prior.traces(x[:1], None if y is None else y[:1], uncondition=True)
+    node: Any = model_tr.nodes[site]
+    dims = to_examples(node["value"], node, program.plate)[0].numel()
+    fn = node["fn"]
     while isinstance(fn, torch.distributions.Independent | MaskedDistribution):
         fn = fn.base_dist
     # the discretized logistic is a probability mass on a grid in [0, 1]
-    return bool(fn.support.is_discrete) or isinstance(fn, DiscretizedLogistic)  # type: ignore[attr-defined]
+    discrete = bool(fn.support.is_discrete) or isinstance(fn, DiscretizedLogistic)  # type: ignore[attr-defined]
+    return discrete, dims
 
 
 def _pareto_summary(ll: LogLikelihood) -> dict[str, float | None]:
@@ -133,6 +155,8 @@ def evaluate(
     batch_size: int = 100,
     particle_chunk: int = 100,
     shard: bool = True,
+    obs_site: str | None = None,
+    latent_sites: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     r"""The evaluation report of a model/guide pair on data ``x``, all in nats per example:
 
@@ -147,22 +171,27 @@ def evaluate(
       fraction of examples above 0.7, where the estimate is unreliable (``None`` when
       :math:`K < 21`); :func:`~pyro_vae.check.loglik.log_likelihood` warns when that
       fraction exceeds 5%;
-    - ``bits_per_dim``: ``nll / (D ln 2)`` when the likelihood of ``"x"`` is discrete
-      (:func:`is_discrete`), else ``None`` (a density is not a code length);
+    - ``bits_per_dim``: ``nll / (D ln 2)``, ``D`` the elements of the data site per example,
+      when its likelihood is discrete (:func:`is_discrete`), else ``None`` (a density is not
+      a code length);
     - ``active_units``, ``latent_dim``, ``activity``, ``kl_per_dim`` (``None`` if the guide
       or prior does not factorize): :func:`~pyro_vae.check.diagnostics.latent_diagnostics`, which
-      warns on posterior collapse;
+      warns on posterior collapse, over the latent sites side by side;
+    - ``kl_per_site``, ``active_units_per_site``, ``latent_dim_per_site``: the KL (from
+      :func:`elbo_terms`), active units and dimensions of each latent site;
     - ``num_examples``, ``num_samples``, ``seconds_log_likelihood``.
 
-    :param model: Pyro model with observed site ``"x"`` and latent ``"z"`` in plate ``"data"``.
+    :param model: Pyro model (any site names; read from a trace).
     :param guide: the matching guide.
-    :param x: data ``(N, ...)``, ``N >= 2``.
-    :param y: optional labels.
+    :param x: data ``(N, ...)``, ``N >= 2`` (the first argument).
+    :param y: optional second argument (labels, targets), passed as ``model(x, y)``.
     :param num_samples: importance samples :math:`K` per example.
     :param batch_size: examples per forward pass of the importance sampler.
     :param particle_chunk: particles per forward pass.
     :param shard: under :mod:`torch.distributed`, split the importance sampling over the
         ranks (every rank must call); ``False`` evaluates on this rank alone.
+    :param obs_site: the data site (for ``bits_per_dim``), where the model observes several.
+    :param latent_sites: the latent sites of the diagnostics; default every latent site.
     """
     if x.shape[0] < 2:
         raise ValueError("evaluate needs at least 2 examples (active units are a variance).")
@@ -179,9 +208,10 @@ def evaluate(
         shard=shard,
     )
     seconds = time.perf_counter() - started
-    diag = latent_diagnostics(model, guide, x, y)
+    diag = latent_diagnostics(model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites)
+    program = read_program(model, guide, x, y, obs_site=obs_site, num_examples=batch_size)
+    discrete, dims = _data_facts(program, x, y)
     nll = -ll.mean
-    dims = x[0].numel()
     return {
         "num_examples": int(x.shape[0]),
         "num_samples": int(num_samples),
@@ -191,10 +221,15 @@ def evaluate(
         "nll": nll,
         "nll_stderr": ll.mean_stderr,
         **_pareto_summary(ll),
-        "bits_per_dim": nll / (dims * math.log(2)) if is_discrete(model, x, y) else None,
+        "bits_per_dim": nll / (dims * math.log(2)) if discrete else None,
         "active_units": diag.num_active,
         "latent_dim": diag.latent_dim,
         "activity": diag.activity.tolist(),
         "kl_per_dim": None if diag.kl_per_dim is None else diag.kl_per_dim.tolist(),
+        "kl_per_site": {
+            s: terms[f"kl_{s}"].mean().item() if f"kl_{s}" in terms else None for s in diag.sites
+        },
+        "active_units_per_site": {s: d.num_active for s, d in diag.sites.items()},
+        "latent_dim_per_site": {s: d.latent_dim for s, d in diag.sites.items()},
         "seconds_log_likelihood": seconds,
     }

@@ -42,7 +42,8 @@ import pyro
 import torch
 
 from pyro_vae import distributed
-from pyro_vae.inference.particles import log_weights, max_plate_nesting, particle_traces
+from pyro_vae.inference.particles import particle_log_weights, warn_if_looping
+from pyro_vae.inference.program import Program, read_program
 
 __all__ = [
     "PARETO_K_THRESHOLD",
@@ -465,15 +466,22 @@ def log_likelihood(
     5% of the examples have :math:`\hat k > 0.7`. Only the :math:`M + 1` largest
     log-weights of each example are kept while streaming, not all :math:`K`.
 
-    Conventions: every observed site counts (a model that observes ``"y"`` too gives
-    :math:`\log p(x, y)`; a conditional model given ``y`` gives :math:`\log p(x \mid y)`).
-    Log-densities are masked but not scaled, so subsampling or KL-annealing scales do not
-    change the result. Every sample site must be inside plate ``"data"``.
+    Conventions: every observed site counts (a model that observes its labels at a sample
+    site too gives :math:`\log p(x, y)`; a conditional model given ``y`` gives
+    :math:`\log p(x \mid y)`). Log-densities are masked but not scaled, so subsampling or
+    KL-annealing scales do not change the result. The sites, the plate over examples (every
+    sample site must be inside it) and the arguments are read from a trace of the program
+    (:func:`~pyro_vae.inference.program.read_program`), so any Pyro program works
+    unchanged. A program that does not broadcast over a plate of particles on the left of
+    its plates draws its particles one run at a time, with a
+    :class:`~pyro_vae.inference.particles.ParticleLoopWarning`.
 
-    :param model: Pyro model with observed site ``"x"`` in plate ``"data"``.
+    :param model: Pyro model.
     :param guide: the matching guide (the proposal).
-    :param x: data ``(N, ...)``.
-    :param y: optional labels, passed to a model/guide that takes ``y``.
+    :param x: data ``(N, ...)`` (the first argument); float64 is converted to the
+        parameters' dtype.
+    :param y: optional second argument (labels, a CVAE's targets), passed as
+        :meth:`pyro.infer.SVI.step` would pass it: ``model(x, y)``.
     :param num_samples: :math:`K`, importance samples per example.
     :param batch_size: examples per forward pass.
     :param particle_chunk: particles per forward pass.
@@ -495,20 +503,21 @@ def log_likelihood(
         raise ValueError("log_likelihood needs at least one example; x is empty.")
     if y is not None and y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; pass matching y.")
-    nesting = max_plate_nesting(model, guide, x[:batch_size], _rows(y, 0, batch_size))
+    # sites, plate, arguments and dtype read from a trace; particles vectorized where the
+    # program broadcasts over them, else drawn in a loop (with a warning)
+    program = read_program(model, guide, x, y, particles=True, num_examples=batch_size)
+    warn_if_looping(program, num_samples, "log_likelihood")
     ctx = distributed.context()
     if ctx is not None and ctx.world_size > 1 and shard:
         # each rank estimates its contiguous slice of the examples; gathered in order
         rows = distributed.shard(x.shape[0], ctx)
         local = _estimate(
-            model,
-            guide,
+            program,
             x[rows],
             None if y is None else y[rows],
             num_samples,
             batch_size,
             particle_chunk,
-            nesting,
         )
         n = x.shape[0]
         result = LogLikelihood(
@@ -518,7 +527,7 @@ def log_likelihood(
             distributed.gather_rows(local.pareto_k, n, ctx),
         )
     else:
-        result = _estimate(model, guide, x, y, num_samples, batch_size, particle_chunk, nesting)
+        result = _estimate(program, x, y, num_samples, batch_size, particle_chunk)
     _warn_if_unreliable(result)
     return result
 
@@ -540,14 +549,12 @@ def _warn_if_unreliable(result: LogLikelihood) -> None:
 
 
 def _estimate(
-    model: Callable,
-    guide: Callable,
+    program: Program,
     x: torch.Tensor,
     y: torch.Tensor | None,
     num_samples: int,
     batch_size: int,
     particle_chunk: int,
-    nesting: int,
 ) -> LogLikelihood:
     """The single-process estimator of :func:`log_likelihood` on all rows of ``x``.
 
@@ -562,9 +569,9 @@ def _estimate(
         for k_start in range(0, num_samples, particle_chunk):
             k = min(particle_chunk, num_samples - k_start)
             with contextlib.nullcontext() if first else pyro.validation_enabled(False):
-                model_tr, guide_tr = particle_traces(model, guide, xb, yb, k, nesting)
+                log_w = particle_log_weights(program, xb, yb, k)
             first = False
-            acc.update(log_weights(model_tr, guide_tr, xb.shape[0], nesting))
+            acc.update(log_w)
         summaries.append(acc.summary())
     if not summaries:  # a rank's shard may be empty
         empty = x.new_zeros(0, dtype=torch.float64)

@@ -13,17 +13,15 @@ run once per particle instead (:func:`draw_particles`), with a
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.inference.program import PARTICLE_PLATE, Program
-from pyro_vae.inference.sites import DATA_PLATE, label_kwargs, replayed_traces
+from pyro_vae.inference.sites import DATA_PLATE
 
 __all__ = [
     "PARTICLE_PLATE",
@@ -96,56 +94,6 @@ def particle_log_weights(
             for m_tr, g_tr in draw_particles(program, x, y, num_particles)
         ]
     )
-
-
-def max_plate_nesting(
-    model: Callable, guide: Callable, x: torch.Tensor, y: torch.Tensor | None
-) -> int:
-    """The number of vectorized plate dimensions the pair uses (one un-vectorized run)."""
-    with poutine.block():
-        model_tr, guide_tr = replayed_traces(model, guide, x, y)
-    dims = [
-        frame.dim
-        for tr in (prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr))
-        for site in tr.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return -min(dims) if dims else 0  # type: ignore[operator, type-var]
-
-
-def _in_particles(
-    fn: Callable, num_particles: int, dim: int, device: torch.device | None = None
-) -> Callable:
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim, device=device):  # type: ignore[arg-type]
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def particle_traces(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    num_particles: int,
-    nesting: int,
-    *,
-    uncondition: bool = False,
-) -> tuple[poutine.Trace, poutine.Trace]:
-    """Guide trace with ``num_particles`` vectorized draws, and the model replayed on it
-    (unconditioned if asked, so that its observed sites are sampled)."""
-    dim = -(nesting + 1)
-    guide_tr = poutine.trace(_in_particles(guide, num_particles, dim, x.device)).get_trace(
-        x, **label_kwargs(guide, y)
-    )
-    run = poutine.uncondition(model) if uncondition else model
-    model_tr = poutine.trace(
-        poutine.replay(_in_particles(run, num_particles, dim, x.device), trace=guide_tr)
-    ).get_trace(x, **label_kwargs(model, y))
-    return prune_subsample_sites(model_tr), prune_subsample_sites(guide_tr)
 
 
 def _data_frame(site: Mapping[str, Any], plate: str = DATA_PLATE) -> Any:

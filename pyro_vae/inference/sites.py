@@ -5,27 +5,12 @@ programs may use any names, which :mod:`pyro_vae.inference.program` reads from a
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 DATA_PLATE = "data"
-
-
-def accepts_y(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` takes a ``y`` argument (or ``**kwargs``), so labels can be passed."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "y" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def label_kwargs(fn: Callable[..., Any], y: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """``{"y": y}`` when there are labels and ``fn`` takes them, else ``{}``."""
-    return {"y": y} if y is not None and accepts_y(fn) else {}
 
 
 def batch_device(
@@ -56,23 +41,3 @@ def per_example(
     value = value.movedim(frame.dim, 0)
     value = value.reshape(value.shape[0], -1).sum(-1)
     return value.expand(num_examples) if value.shape[0] == 1 else value
-
-
-def replayed_traces(
-    model: Callable[..., Any],
-    guide: Callable[..., Any],
-    x: torch.Tensor,
-    y: torch.Tensor | None = None,
-) -> tuple[Any, Any]:
-    """Trace the guide on the data, then the model replayed against the guide's draws:
-    the ``(model_trace, guide_trace)`` pair every ELBO-like quantity is read from.
-
-    Labels ``y`` reach each function that takes them (:func:`label_kwargs`).
-    """
-    from pyro import poutine
-
-    guide_trace = poutine.trace(guide).get_trace(x, **label_kwargs(guide, y))
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        x, **label_kwargs(model, y)
-    )
-    return model_trace, guide_trace

@@ -139,7 +139,8 @@ def test_m2_runs_are_read_by_evaluate_and_sample(tmp_path, capsys):
     assert main(["evaluate", str(out), "--num-samples", "5", "--num-examples", "20"]) == 0
     assert np.isfinite(strict_json((out / "evaluation.json").read_text())["nll"])
     assert main(["sample", str(out), "--num-samples", "8"]) == 0
-    assert (out / "samples.png").exists()
+    # M2 observes its labels: they are kept when it samples, so it draws a row per label
+    assert (out / "samples_by_label.png").exists()
 
 
 @given(

@@ -505,7 +505,9 @@ def log_likelihood(
         raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}; pass matching y.")
     # sites, plate, arguments and dtype read from a trace; particles vectorized where the
     # program broadcasts over them, else drawn in a loop (with a warning)
-    program = read_program(model, guide, x, y, particles=True, num_examples=batch_size)
+    program = read_program(
+        model, guide, x, y, particles=True, num_examples=batch_size, advance_rng=True
+    )
     warn_if_looping(program, num_samples, "log_likelihood")
     ctx = distributed.context()
     if ctx is not None and ctx.world_size > 1 and shard:

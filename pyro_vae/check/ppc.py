@@ -188,6 +188,7 @@ def _read(
         latent_sites=latent_sites,
         particles=True,
         num_examples=batch_size,
+        advance_rng=True,
     )
     program.data_site()  # raises, naming obs_site=, where the trace leaves it ambiguous
     warn_if_looping(program, num_samples, what)

@@ -483,9 +483,13 @@ def _nesting(*traces: poutine.Trace) -> int:
 def _aside(x: torch.Tensor) -> Iterator[None]:
     """Runs that leave no trace: hidden from outer handlers, global RNG state restored,
     no autograd graph."""
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), poutine.block(), torch.no_grad():
+    with torch.random.fork_rng(_devices(x)), poutine.block(), torch.no_grad():
         yield
+
+
+def _devices(x: torch.Tensor) -> list[torch.device]:
+    """The devices whose generators :func:`torch.random.fork_rng` saves for ``x``."""
+    return [x.device] if x.device.type == "cuda" else []
 
 
 def _per_particle(lp: torch.Tensor, k: int, nesting: int) -> torch.Tensor:
@@ -499,14 +503,15 @@ def _per_particle(lp: torch.Tensor, k: int, nesting: int) -> torch.Tensor:
 
 
 def _totals(model_tr: poutine.Trace, guide_tr: poutine.Trace, k: int, nesting: int) -> torch.Tensor:
-    total = torch.zeros(k, dtype=torch.float64)
+    r""":math:`\log p(x, z_k) - \log q(z_k)` of each particle, summed over the batch."""
+    terms = []
     for sign, tr, latent_only in ((1.0, model_tr, False), (-1.0, guide_tr, True)):
         for site in trace_sites(tr).values():
             if site["type"] != "sample" or (latent_only and site["is_observed"]):
                 continue
             lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-            total = total + sign * _per_particle(lp, k, nesting).cpu()
-    return total
+            terms.append(sign * _per_particle(lp, k, nesting))
+    return torch.stack(terms).sum(0)
 
 
 def _particle_slice(traces: Sequence[poutine.Trace], i: int, nesting: int) -> poutine.Trace:
@@ -534,6 +539,8 @@ def _vectorize_failure(program: Program, xb: torch.Tensor, yb: torch.Tensor | No
         for i in range(k):
             replay = _particle_slice((guide_tr, model_tr), i, nesting)
             one = _totals(*program.traces(xb, yb, replay=replay), 1, nesting)[0]
+            if xb.device.type == "meta":  # shapes only: the runs succeeded, no values
+                continue
             if not torch.isclose(together[i], one, rtol=1e-4, atol=1e-3):
                 return (
                     "in a plate of particles its log-density differs from one run per "
@@ -554,13 +561,14 @@ def read_program(
     latent_sites: str | Sequence[str] | None = None,
     particles: bool = False,
     num_examples: int = READ_EXAMPLES,
+    advance_rng: bool = False,
 ) -> Program:
     r"""Read the contract of a model/guide pair from one traced run on the first
     ``num_examples`` examples of ``x`` (and ``y``): the guide runs on the data, the model is
     replayed on the guide's draws, and the trace tells which sites are observed and latent,
-    which plate runs over the examples and how deeply plates nest. That run draws from the
-    global random stream, as a guess of the plate nesting by Pyro's ELBOs does; the
-    particle check leaves the stream as it was. Nothing reaches outer effect handlers.
+    which plate runs over the examples and how deeply plates nest. The global random
+    stream is left as it was (unless ``advance_rng``), and nothing reaches outer effect
+    handlers.
 
     The arguments are passed as :meth:`pyro.infer.SVI.step` passes them: ``model(x)``, or
     ``model(x, y)`` when ``y`` is given (a keyword-only ``y`` parameter gets ``y=y``); the
@@ -580,6 +588,9 @@ def read_program(
         (:attr:`Program.vectorizes`), on the same examples.
     :param num_examples: the examples read, the first of ``x``: pass the batch size the
         caller will use, so that a program written for that batch size reads as it runs.
+    :param advance_rng: let the reading run draw from the global random stream, as a first
+        pass that finds the plate nesting does (the particle check still leaves it as it
+        was): callers that made such a pass keep their draws.
     :raises ValueError: when the model has no observed site, ``y`` is given but the model
         cannot take it, the data site is not in a plate over the examples, or a named site
         does not exist; the message names the keyword or argument to fix. An ambiguous
@@ -596,7 +607,8 @@ def read_program(
     program = Program(
         model, guide, None, (), (), DATA_PLATE, 0, model_call, guide_call, None, dtype
     )
-    with poutine.block(), torch.no_grad():  # one run, as Pyro's ELBOs guess plate nesting
+    reading = contextlib.nullcontext() if advance_rng else torch.random.fork_rng(_devices(x))
+    with reading, poutine.block(), torch.no_grad():
         model_tr, guide_tr = program.traces(xb, yb)
     with _aside(x):
         observed = [  # pyro.deterministic records a masked, observed site: not data

@@ -19,6 +19,8 @@ from pyro_vae.data import (
     load_tensor_file,
     read_idx,
 )
+from pyro_vae.inference.particles import ParticleLoopWarning
+from pyro_vae.inference.program import Program, read_program
 from pyro_vae.models.semisupervised import SemiSupervisedVAE, split_labelled
 from pyro_vae.models.vae import VAE, conditional_vae
 from pyro_vae.objectives import (
@@ -81,8 +83,10 @@ __all__ = [
     "Likelihood",
     "MixtureOfGaussiansPrior",
     "NormalLikelihood",
+    "ParticleLoopWarning",
     "PosteriorCollapseWarning",
     "PowerSphericalGuide",
+    "Program",
     "ScoreFunctionELBO",
     "SemiSupervisedVAE",
     "StandardNormalPrior",
@@ -109,6 +113,7 @@ __all__ = [
     "posterior_predictive",
     "prior_predictive",
     "read_idx",
+    "read_program",
     "save_checkpoint",
     "split_labelled",
 ]

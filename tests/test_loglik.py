@@ -458,7 +458,7 @@ def test_conditional_model_given_labels(bundled):
 
 def test_bad_input_names_the_fix(ppca):
     model, guide, x = ppca["model"], ppca["exact"], ppca["x"]
-    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         log_likelihood(model, guide, x, num_samples=0)
     with pytest.raises(ValueError, match="x is empty"):
         log_likelihood(model, guide, x[:0])

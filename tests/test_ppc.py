@@ -181,7 +181,7 @@ def test_netcdf_round_trip_and_plots(trained, tmp_path):
 
 def test_bad_input(trained):
     vae, x = trained["bernoulli"], trained["x"]
-    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         posterior_predictive(vae.model, vae.guide, x, num_samples=0)
     with pytest.raises(ValueError, match="no sample site 'obs'"):
         posterior_predictive(vae.model, vae.guide, x[:4], num_samples=2, obs_site="obs")

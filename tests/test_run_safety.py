@@ -272,3 +272,16 @@ def test_nan_inside_a_custom_dataset_is_named_as_a_data_problem():
     )
     with pytest.raises(ValueError, match="the data, not the learning rate"):
         fit(vae.model, vae.guide, Table(), epochs=1, batch_size=8, progress=False)
+
+
+def test_elbo_terms_names_a_bad_batch_size():
+    from pyro_vae import VAE, DiagonalNormalGuide, NormalLikelihood, StandardNormalPrior
+    from pyro_vae.check.evaluate import elbo_terms
+
+    vae = VAE(
+        StandardNormalPrior(2),
+        NormalLikelihood.mlp(2, (5,), (8,), scale=1.0),
+        DiagonalNormalGuide.mlp((5,), 2, (8,)),
+    )
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        elbo_terms(vae.model, vae.guide, torch.rand(10, 5), batch_size=0)

@@ -25,6 +25,7 @@ import torch
 from pyro.distributions import MaskedDistribution
 from torch.distributions import kl_divergence
 
+from pyro_vae._checks import check_count
 from pyro_vae.check.diagnostics import latent_diagnostics
 from pyro_vae.check.loglik import PARETO_K_THRESHOLD, LogLikelihood, log_likelihood
 from pyro_vae.inference.program import Program, read_program, to_examples
@@ -97,6 +98,7 @@ def elbo_terms(
     """
     if x.shape[0] == 0:
         raise ValueError("elbo_terms needs at least one example; x is empty.")
+    check_count("batch_size", batch_size)
     program = read_program(model, guide, x, y, num_examples=batch_size)
     chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, x.shape[0], batch_size):

@@ -42,6 +42,7 @@ import pyro
 import torch
 
 from pyro_vae import distributed
+from pyro_vae._checks import check_count
 from pyro_vae.inference.particles import particle_log_weights, warn_if_looping
 from pyro_vae.inference.program import Program, read_program
 
@@ -402,11 +403,6 @@ def _resampled_variance(
     return torch.cat(variances)
 
 
-def _check_count(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
 @torch.no_grad()
 def log_likelihood(
     model: Callable,
@@ -498,7 +494,7 @@ def log_likelihood(
         ("batch_size", batch_size),
         ("particle_chunk", particle_chunk),
     ):
-        _check_count(name, value)
+        check_count(name, value)
     if x.shape[0] == 0:
         raise ValueError("log_likelihood needs at least one example; x is empty.")
     if y is not None and y.shape[0] != x.shape[0]:

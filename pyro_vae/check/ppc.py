@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from pyro_vae._checks import check_count
 from pyro_vae.inference.particles import (
     draw_particles,
     per_example_particles,
@@ -63,9 +64,8 @@ def _event_dims(name: str, shape: tuple[int, ...], data_site: bool) -> list[str]
 
 
 def _check(x: torch.Tensor, y: torch.Tensor | None, num_samples: int, batch_size: int) -> None:
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_count("num_samples", num_samples)
+    check_count("batch_size", batch_size)
     if x.shape[0] == 0:
         raise ValueError("Predictive checks need at least one example; x is empty.")
     if y is not None and y.shape[0] != x.shape[0]:

@@ -38,10 +38,6 @@ def _check_scale(value: float) -> float:
     return float(check_number("input_scale", value, positive=True))
 
 
-def _check_positive(name: str, value: int) -> None:
-    check_count(name, value)
-
-
 class MLP(nn.Module):
     r"""A fully connected network: ``Linear -> activation`` for each hidden layer, then a
     final ``Linear``.
@@ -69,7 +65,7 @@ class MLP(nn.Module):
         self.in_shape = _as_shape(in_shape)
         self.out_shape = _as_shape(out_shape)
         for h in hidden_dims:
-            _check_positive("each hidden dim", h)
+            check_count("each hidden dim", h)
         widths = [math.prod(self.in_shape), *hidden_dims]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(widths):
@@ -100,8 +96,8 @@ class ConvEncoder(nn.Module):
         self, out_dim: int, channels: int = 1, activation: type[nn.Module] = nn.ReLU
     ) -> None:
         super().__init__()
-        _check_positive("out_dim", out_dim)
-        _check_positive("channels", channels)
+        check_count("out_dim", out_dim)
+        check_count("channels", channels)
         self.in_shape = (channels, 28, 28)
         self.net = nn.Sequential(
             nn.Conv2d(channels, 32, 4, stride=2, padding=1),
@@ -142,7 +138,7 @@ class ConvDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.input_scale = _check_scale(input_scale)
-        _check_positive("in_dim", in_dim)
+        check_count("in_dim", in_dim)
         self.out_shape = _as_shape(out_shape)
         if self.out_shape[-2:] != (28, 28):
             raise ValueError(
@@ -169,5 +165,5 @@ class ConvDecoder(nn.Module):
 def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     out = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
     for s in out:
-        _check_positive("every dimension of a shape", s)
+        check_count("every dimension of a shape", s)
     return out

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from pyro_vae._checks import check_count
 from pyro_vae.inference.sites import batch_device
+from pyro_vae.models.vae import LikelihoodData
 from pyro_vae.parts.nn import MLP
 
 __all__ = ["GaussianLayer", "HierarchicalVAE"]
@@ -87,7 +88,7 @@ class GaussianLayer(nn.Module):
         return dist.Normal(*self(*inputs)).to_event(1)
 
 
-class HierarchicalVAE(PyroModule):
+class HierarchicalVAE(LikelihoodData, PyroModule):
     r"""The two-level VAE :math:`p(z_2)\,p(z_1 \mid z_2)\,p(x \mid z_1)` with the top-down
     guide :math:`q(z_2 \mid x)\,q(z_1 \mid x, z_2)`; ``model`` and ``guide`` are Pyro
     callables like :class:`~pyro_vae.models.vae.VAE`'s.
@@ -151,10 +152,6 @@ class HierarchicalVAE(PyroModule):
         bottom = GaussianLayer([tuple(x_shape), (top_dim,)], hidden_dims, bottom_dim)
         return cls(prior, transition, likelihood, top_guide, bottom)
 
-    @property
-    def x_shape(self) -> tuple[int, ...] | None:
-        return getattr(self.likelihood, "x_shape", None)
-
     def model(
         self,
         x: torch.Tensor | None = None,
@@ -184,15 +181,3 @@ class HierarchicalVAE(PyroModule):
         with pyro.plate("data", x.shape[0], device=x.device):  # type: ignore[arg-type]
             z2 = pyro.sample("z2", self.posterior.dist(x))
             pyro.sample("z1", self.bottom_posterior.dist(x, z2))
-
-    def check_data(self, x: torch.Tensor) -> None:
-        """Raise :class:`ValueError` naming the fix if ``x`` does not suit the likelihood."""
-        shape = self.x_shape
-        if shape is not None and tuple(x.shape[1:]) != shape:
-            raise ValueError(
-                f"The data items have shape {tuple(x.shape[1:])}, but the likelihood expects "
-                f"{shape}."
-            )
-        check = getattr(self.likelihood, "check_data", None)
-        if check is not None:
-            check(x)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import torch
@@ -30,12 +31,38 @@ from pyro_vae.parts.conditional import (
 from pyro_vae.parts.guides import DiagonalNormalGuide
 from pyro_vae.parts.likelihoods import BernoulliLikelihood
 
-__all__ = ["VAE", "conditional_vae"]
+__all__ = ["VAE", "LikelihoodData", "conditional_vae"]
 
 _names = itertools.count()
 
 
-class VAE(PyroModule):
+class LikelihoodData:
+    """What a model with a ``likelihood`` part knows about its data: the item shape and
+    the check that names the fix (shared by :class:`VAE` and the hierarchical VAE)."""
+
+    likelihood: Any
+
+    @property
+    def x_shape(self) -> tuple[int, ...] | None:
+        return getattr(self.likelihood, "x_shape", None)
+
+    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Raise :class:`ValueError` naming the fix if ``x`` does not suit the likelihood."""
+        shape = self.x_shape
+        if shape is not None and tuple(x.shape[1:]) != shape:
+            hint = ""
+            if x[0].numel() == torch.Size(shape).numel():
+                hint = f" Reshape it with x.reshape(-1, *{shape})."
+            raise ValueError(
+                f"The data items have shape {tuple(x.shape[1:])}, but the likelihood "
+                f"expects {shape}.{hint}"
+            )
+        check = getattr(self.likelihood, "check_data", None)
+        if check is not None:
+            check(x)
+
+
+class VAE(LikelihoodData, PyroModule):
     r"""A variational autoencoder whose parts are plug-ins.
 
     ``vae.model`` and ``vae.guide`` are ordinary Pyro callables, usable with
@@ -82,10 +109,6 @@ class VAE(PyroModule):
     def latent_dim(self) -> int | None:
         return getattr(self.prior, "latent_dim", None)
 
-    @property
-    def x_shape(self) -> tuple[int, ...] | None:
-        return getattr(self.likelihood, "x_shape", None)
-
     def model(
         self,
         x: torch.Tensor | None = None,
@@ -124,21 +147,6 @@ class VAE(PyroModule):
             raise ValueError("The guide needs data x; sample from vae.model to generate.")
         with pyro.plate("data", x.shape[0], device=x.device):  # type: ignore[arg-type]
             return pyro.sample("z", self.posterior.dist(x, y))
-
-    def check_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """Raise :class:`ValueError` naming the fix if ``x`` does not suit this VAE."""
-        shape = self.x_shape
-        if shape is not None and tuple(x.shape[1:]) != shape:
-            hint = ""
-            if x[0].numel() == torch.Size(shape).numel():
-                hint = f" Reshape it with x.reshape(-1, *{shape})."
-            raise ValueError(
-                f"The data items have shape {tuple(x.shape[1:])}, but the likelihood "
-                f"expects {shape}.{hint}"
-            )
-        check = getattr(self.likelihood, "check_data", None)
-        if check is not None:
-            check(x)
 
     @staticmethod
     def _batch_size(x: torch.Tensor | None, y: torch.Tensor | None, num_samples: int | None) -> int:

@@ -115,7 +115,7 @@ def test_cli_semisupervised_trains_saves_and_reloads(tmp_path, capsys):
     assert [r["epoch"] for r in records] == [1]
     # the saved weights reproduce the reported accuracy on the same binarized test set
     run = load_run(out)
-    x_test, y_test = run.splits()["test"].tensors
+    x_test, y_test = run.split("test").tensors
     assert classification_accuracy(run.module, x_test, y_test) == metrics["test_accuracy"]
     assert [r["epoch"] for r in run.history] == [1] and "val_accuracy" in run.history[0]
     # the run resumes exactly like a train run

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pyro_vae import distributed
 from pyro_vae.data import SPLITS
 from pyro_vae.rundir import RunDirectory
 from pyro_vae.runs import evaluate_run, load_run, ppc_run, sample_run
@@ -141,7 +142,5 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _is_main() -> bool:
-    from pyro_vae import distributed
-
     ctx = distributed.context()
     return ctx is None or ctx.is_main

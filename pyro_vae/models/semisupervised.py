@@ -43,6 +43,7 @@ from pyro import distributions as dist
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae._checks import check_count
 from pyro_vae.inference.sites import batch_device
 from pyro_vae.parts.conditional import check_labels, conditional_guide, conditional_likelihood
 from pyro_vae.parts.nn import MLP
@@ -86,8 +87,7 @@ class SemiSupervisedVAE(PyroModule):
         name: str | None = None,
     ) -> None:
         super().__init__(name=f"ssvae{next(_names)}" if name is None else name)
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        check_count("num_classes", num_classes, minimum=2)
         self.prior = prior
         self.likelihood = likelihood
         self.posterior = guide

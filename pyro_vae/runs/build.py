@@ -229,14 +229,17 @@ class Run:
     def guide(self) -> Any:
         return self.module.guide
 
-    def splits(self) -> dict[str, TensorDataset]:
-        """The run's train/valid/test data, binarized as in training (the training split
-        with one fixed draw of the dynamic binarization)."""
+    def split(self, name: str = "test") -> TensorDataset:
+        """One split of the run's data (``"train"``, ``"valid"`` or ``"test"``), binarized
+        as in training; the training split with one fixed draw of the dynamic
+        binarization, made only when that split is asked for."""
+        if name not in data_mod.SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(data_mod.SPLITS)}; got {name!r}.")
         train, transform, valid, test = prepare(load_splits(self.config), self.config)
-        if transform is not None:
+        if name == "train" and transform is not None:
             x, *rest = train.tensors
             train = TensorDataset(data_mod.binarize(x, seed=self.config.seed), *rest)
-        return {"train": train, "valid": valid, "test": test}
+        return {"train": train, "valid": valid, "test": test}[name]
 
 
 def load_run(run_dir: str | Path, *, device: str | torch.device | None = None) -> Run:

@@ -17,7 +17,6 @@ from pyro_vae._checks import check_count
 from pyro_vae.check import ppc as ppc_mod
 from pyro_vae.check import viz as viz_mod
 from pyro_vae.check.evaluate import evaluate
-from pyro_vae.data import SPLITS
 from pyro_vae.runs.build import Run
 from pyro_vae.train.loop import resolve_device
 
@@ -34,12 +33,10 @@ def run_data(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A split of the run's data, binarized as in training, on ``device``; moves the model
     there too and seeds Pyro (independently per rank under ``torchrun``)."""
-    if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}; got {split!r}.")
     if num_examples is not None:
         check_count("--num-examples", num_examples)
     target = resolve_device(device, [run.module])
-    x, *rest = run.splits()[split].tensors
+    x, *rest = run.split(split).tensors
     y = rest[0] if rest else None
     if num_examples is not None:
         x, y = x[:num_examples], None if y is None else y[:num_examples]

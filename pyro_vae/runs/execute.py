@@ -134,7 +134,6 @@ def train_run(
         torch.distributed.broadcast_object_list(shared, src=0)
         config.out, config.world_size = shared[0], ctx.world_size
     splits = load_splits(config)
-    config.resolve_binarize()
     current = fingerprint(config, splits)
     if resume and config.data_fingerprint is not None:
         check_fingerprint(config.data_fingerprint, current)
@@ -155,7 +154,7 @@ def train_run(
     if check is not None and transform is None:
         check(train_ds.tensors[0])
     main_rank = ctx is None or ctx.is_main
-    data, validation, callbacks = _training_data(config, train_ds, valid, module, log)
+    data, validation, callbacks = _training_data(config, train_ds, valid, module)
     # Everything is checked: only now is the run directory opened (locked) and written.
     mode: Literal["new", "resume", "overwrite"] = (
         "resume" if resume else "overwrite" if overwrite else "new"
@@ -304,7 +303,7 @@ def _objective(config: RunConfig) -> Any:
 
 
 def _training_data(
-    config: RunConfig, train_ds: Any, valid: Any, module: Any, log: Log
+    config: RunConfig, train_ds: Any, valid: Any, module: Any
 ) -> tuple[Any, Any, list[Any]]:
     """The data ``fit`` trains on, its validation data and the callbacks of the run."""
     callbacks: list[Any] = []

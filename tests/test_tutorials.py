@@ -76,3 +76,29 @@ def test_committed_notebook_matches_source_and_has_full_outputs(source):
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure in the outputs"
     last_text = "".join(o.get("text", "") for o in code[-1].outputs)
     assert "(full mode)" in last_text, "the committed outputs must come from a full run"
+
+
+def _text(cell: nbformat.NotebookNode) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_claim_in_the_prose_is_checked_by_the_committed_run(source):
+    """Each tutorial checks what its prose states with ``claim(ok, text)`` (defined in its
+    first code cell: an assertion in full mode, a report in smoke mode). The committed
+    full-mode outputs must show every claim cell passing and none failing; a notebook also
+    states learning goals and offers one exercise."""
+    committed = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    code = [c for c in committed.cells if c.cell_type == "code"]
+    assert "def claim(" in code[0].source, "the first code cell must define claim(ok, text)"
+    claim_cells = [c for c in code[1:] if "claim(" in c.source]
+    calls = sum(c.source.count("claim(") for c in claim_cells)
+    assert calls >= 4, f"{source.stem} checks only {calls} claims"
+    for cell in claim_cells:
+        lines = _text(cell).splitlines()
+        assert any(line.startswith("✓ ") for line in lines), f"no passing claim in:\n{cell.source}"
+        failed = [line for line in lines if line.startswith("✗ ")]
+        assert not failed, f"{source.stem}: failed claims {failed}"
+    markdown = "\n".join(c.source for c in committed.cells if c.cell_type == "markdown")
+    assert "Learning goals" in markdown, "state the learning goals at the top"
+    assert "Try this:" in markdown, "offer one exercise ('Try this:')"

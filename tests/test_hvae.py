@@ -93,3 +93,27 @@ def test_cli_levels_2_trains_resumes_and_loads(tmp_path):
     assert [r["epoch"] for r in run.history] == [1, 2]
     assert json.loads((out / "test.json").read_text())["test_elbo"] < 0
     assert main(["train", "--levels", "2", "--conditional", "--out", str(tmp_path / "c")]) == 2
+
+
+def test_gated_layer_is_the_gated_product_and_gated_runs_build_everywhere(tmp_path):
+    from pyro_vae.parts.nn import MLP, GatedLinear
+
+    torch.manual_seed(0)
+    layer = GatedLinear(3, 2)
+    x = torch.randn(5, 3)
+    w, b = layer.linear.weight, layer.linear.bias
+    expected = (x @ w[:2].T + b[:2]) * torch.sigmoid(x @ w[2:].T + b[2:])
+    assert torch.allclose(layer(x), expected)
+    net = MLP(X_SHAPE, (7, 6), 4, gated=True)
+    assert [type(m).__name__ for m in net.net] == ["GatedLinear", "GatedLinear", "Linear"]
+    assert net(torch.rand(2, 3, *X_SHAPE)).shape == (2, 3, 4)
+    # the Tomczak & Welling networks from the CLI: one level and two levels with a VampPrior
+    argv = ["train", "--network", "gated", "--hidden-dims", "16", "16", "--latent-dim", "3"]
+    argv += ["--epochs", "1", "--batch-size", "256", "--no-progress"]
+    two = ["--levels", "2", "--prior", "vamp", "--components", "4"]
+    for extra, name in (([], "one"), (two, "two")):
+        assert main([*argv, *extra, "--out", str(tmp_path / name)]) == 0
+        module = load_run(tmp_path / name).module
+        assert sum(isinstance(m, GatedLinear) for m in module.modules()) >= 4
+    refused = ["train", "--network", "gated", "--conditional", "--out", str(tmp_path / "c")]
+    assert main(refused) == 2 and not (tmp_path / "c").exists()

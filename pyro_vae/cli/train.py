@@ -99,7 +99,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 default=option.default,
                 help=f"{option.help} [{used_by}]",
             )
-    opt("--network", choices=NETWORKS, default=d.network, help="encoder/decoder networks")
+    opt(
+        "--network",
+        choices=NETWORKS,
+        default=d.network,
+        help="encoder/decoder networks (gated: MLP with gated hidden layers)",
+    )
     opt("--latent-dim", type=int, default=d.latent_dim, help="dimension of z")
     opt(
         "--hidden-dims",

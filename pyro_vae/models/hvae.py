@@ -51,6 +51,7 @@ class GaussianLayer(nn.Module):
     :param hidden_dims: hidden widths of the MLP.
     :param out_dim: the dimension of the Gaussian.
     :param min_scale: the floor :math:`\sigma_{\min}`.
+    :param gated: gated hidden layers (:class:`~pyro_vae.parts.nn.GatedLinear`).
     """
 
     def __init__(
@@ -59,12 +60,13 @@ class GaussianLayer(nn.Module):
         hidden_dims: Sequence[int],
         out_dim: int,
         min_scale: float = 1e-4,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         self.in_shapes = [tuple(int(s) for s in shape) for shape in in_shapes]
         self.out_dim = check_count("out_dim", out_dim)
         in_dim = sum(math.prod(shape) for shape in self.in_shapes)
-        self.net = MLP(in_dim, tuple(hidden_dims), 2 * out_dim)
+        self.net = MLP(in_dim, tuple(hidden_dims), 2 * out_dim, gated=gated)
         self.min_scale = float(min_scale)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,12 +146,14 @@ class HierarchicalVAE(LikelihoodData, PyroModule):
         x_shape: Sequence[int],
         bottom_dim: int,
         hidden_dims: Sequence[int] = (300,),
+        gated: bool = False,
     ) -> HierarchicalVAE:
-        """Build the two conditional Gaussians as MLPs with ``hidden_dims`` around the
-        given parts (the likelihood must take ``z1`` of dimension ``bottom_dim``)."""
+        """Build the two conditional Gaussians as MLPs (gated MLPs if ``gated``) with
+        ``hidden_dims`` around the given parts (the likelihood must take ``z1`` of dimension
+        ``bottom_dim``)."""
         top_dim = int(top_guide.latent_dim)  # type: ignore[arg-type]
-        transition = GaussianLayer([(top_dim,)], hidden_dims, bottom_dim)
-        bottom = GaussianLayer([tuple(x_shape), (top_dim,)], hidden_dims, bottom_dim)
+        transition = GaussianLayer([(top_dim,)], hidden_dims, bottom_dim, gated=gated)
+        bottom = GaussianLayer([tuple(x_shape), (top_dim,)], hidden_dims, bottom_dim, gated=gated)
         return cls(prior, transition, likelihood, top_guide, bottom)
 
     def model(

@@ -100,11 +100,13 @@ class Guide(Part, PyroModule):
 
     @classmethod
     def from_config(cls, spec: BuildSpec) -> Guide:
-        """Build the guide of a run configuration (MLP or convolutional encoder)."""
+        """Build the guide of a run configuration (MLP, gated MLP or convolutional
+        encoder)."""
         kwargs = cls.config_kwargs(spec)
         if spec.network == "conv":
             return cls.conv(spec.latent_dim, channels=spec.x_shape[0], **kwargs)
-        return cls.mlp(spec.x_shape, spec.latent_dim, spec.hidden_dims, **kwargs)
+        gated = spec.network == "gated"
+        return cls.mlp(spec.x_shape, spec.latent_dim, spec.hidden_dims, gated=gated, **kwargs)
 
     @classmethod
     def mlp(
@@ -112,6 +114,7 @@ class Guide(Part, PyroModule):
         x_shape: Sequence[int],
         latent_dim: int,
         hidden_dims: Sequence[int] = (400,),
+        gated: bool = False,
         **kwargs: Any,
     ) -> Guide:
         """Build the guide with an :class:`~pyro_vae.parts.nn.MLP` encoder.
@@ -119,10 +122,12 @@ class Guide(Part, PyroModule):
         :param x_shape: shape of one data item.
         :param latent_dim: dimension of ``z``.
         :param hidden_dims: hidden widths of the encoder.
+        :param gated: gated hidden layers (:class:`~pyro_vae.parts.nn.GatedLinear`).
         :param kwargs: passed to the guide's constructor (e.g. ``num_flows``).
         """
         check_latent_dim(latent_dim, cls.min_latent_dim)
-        encoder = MLP(x_shape, hidden_dims, cls.encoder_dim(latent_dim, **kwargs))
+        out = cls.encoder_dim(latent_dim, **kwargs)
+        encoder = MLP(x_shape, hidden_dims, out, gated=gated)
         cls.init_output_layer(encoder.net[-1], latent_dim)  # type: ignore[arg-type]
         return cls(encoder, latent_dim, **kwargs)
 

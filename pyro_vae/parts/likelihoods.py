@@ -96,7 +96,8 @@ class Likelihood(Part, PyroModule):
         kwargs = {"input_scale": input_scale, **cls.config_kwargs(spec)}
         if spec.network == "conv":
             return cls.conv(spec.latent_dim, spec.x_shape, **kwargs)
-        return cls.mlp(spec.latent_dim, spec.x_shape, spec.hidden_dims[::-1], **kwargs)
+        gated = spec.network == "gated"
+        return cls.mlp(spec.latent_dim, spec.x_shape, spec.hidden_dims[::-1], gated=gated, **kwargs)
 
     @classmethod
     def mlp(
@@ -105,6 +106,7 @@ class Likelihood(Part, PyroModule):
         x_shape: Sequence[int],
         hidden_dims: Sequence[int] = (400,),
         input_scale: float = 1.0,
+        gated: bool = False,
         **kwargs,
     ) -> Likelihood:
         r"""Build this likelihood with an :class:`~pyro_vae.parts.nn.MLP` decoder whose output
@@ -116,11 +118,13 @@ class Likelihood(Part, PyroModule):
         :param input_scale: the decoder multiplies ``z`` by this;
             :func:`~pyro_vae.parts.nn.latent_input_scale` gives :math:`\sqrt{d}` for a latent
             on the sphere (a hyperspherical VAE).
+        :param gated: gated hidden layers (:class:`~pyro_vae.parts.nn.GatedLinear`).
         :param kwargs: passed to the likelihood's constructor (e.g. ``scale``).
         """
         check_latent_dim(latent_dim)
         out = cls.decoder_shape(x_shape)
-        return cls(MLP(latent_dim, hidden_dims, out, input_scale=input_scale), x_shape, **kwargs)
+        decoder = MLP(latent_dim, hidden_dims, out, input_scale=input_scale, gated=gated)
+        return cls(decoder, x_shape, **kwargs)
 
     @classmethod
     def conv(

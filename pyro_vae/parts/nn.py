@@ -17,7 +17,7 @@ from torch import nn
 
 from pyro_vae._checks import check_count, check_number
 
-__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "latent_input_scale"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "GatedLinear", "latent_input_scale"]
 
 
 def latent_input_scale(latent_dim: int, on_sphere: bool) -> float:
@@ -38,9 +38,29 @@ def _check_scale(value: float) -> float:
     return float(check_number("input_scale", value, positive=True))
 
 
+class GatedLinear(nn.Module):
+    r"""A gated fully connected layer (Dauphin et al., 2017; the "GatedDense" of Tomczak and
+    Welling, 2018): :math:`h = (W x + b) \odot \sigma(V x + c)`. The two products are one
+    ``Linear`` of twice the width, split in halves.
+
+    :param in_features: input width.
+    :param out_features: output width.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = check_count("in_features", in_features)
+        self.out_features = check_count("out_features", out_features)
+        self.linear = nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, gate = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(gate)
+
+
 class MLP(nn.Module):
-    r"""A fully connected network: ``Linear -> activation`` for each hidden layer, then a
-    final ``Linear``.
+    r"""A fully connected network: ``Linear -> activation`` for each hidden layer (or a
+    :class:`GatedLinear` layer when ``gated``), then a final ``Linear``.
 
     :param in_shape: shape of one input item; its dimensions are flattened, so an encoder
         can take ``(1, 28, 28)`` images directly.
@@ -50,6 +70,7 @@ class MLP(nn.Module):
     :param activation: the non-linearity class (default :class:`torch.nn.Softplus`).
     :param input_scale: a constant the inputs are multiplied by (see
         :func:`latent_input_scale`).
+    :param gated: hidden layers are :class:`GatedLinear` (no ``activation``).
     """
 
     def __init__(
@@ -59,6 +80,7 @@ class MLP(nn.Module):
         out_shape: int | Sequence[int],
         activation: type[nn.Module] = nn.Softplus,
         input_scale: float = 1.0,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         self.input_scale = _check_scale(input_scale)
@@ -68,8 +90,9 @@ class MLP(nn.Module):
             check_count("each hidden dim", h)
         widths = [math.prod(self.in_shape), *hidden_dims]
         layers: list[nn.Module] = []
+        self.gated = bool(gated)
         for a, b in itertools.pairwise(widths):
-            layers += [nn.Linear(a, b), activation()]
+            layers += [GatedLinear(a, b)] if gated else [nn.Linear(a, b), activation()]
         layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
         self.net = nn.Sequential(*layers)
 

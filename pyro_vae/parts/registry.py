@@ -92,7 +92,7 @@ class BuildSpec:
     :param latent_dim: dimension of the latent code.
     :param hidden_dims: hidden widths of the encoder, from the data inwards (decoders
         mirror them).
-    :param network: ``"mlp"`` or ``"conv"``.
+    :param network: ``"mlp"``, ``"gated"`` (gated MLP) or ``"conv"``.
     :param options: the part options (see :class:`Option`), by name.
     """
 

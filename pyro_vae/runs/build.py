@@ -193,6 +193,7 @@ def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE | HierarchicalVAE:
             spec.x_shape,
             bottom_dim=config.latent_dim,
             hidden_dims=spec.hidden_dims,
+            gated=config.network == "gated",
         )
     return VAE(prior_cls.from_config(spec, guide), likelihood, guide)
 

@@ -26,7 +26,7 @@ from pyro_vae.train.tracking import TRACKERS
 __all__ = ["DATASETS", "MODEL_FIELDS", "RunConfig"]
 
 DATASETS = ("bundled", "digits", "mnist", "fashion-mnist", "binarized-mnist", "file")
-NETWORKS = ("mlp", "conv")
+NETWORKS = ("mlp", "gated", "conv")
 BINARIZATIONS = ("dynamic", "static", "none")
 MODELS = ("vae", "m2")
 #: fields that define the model and its data; a resumed run must keep them
@@ -247,10 +247,10 @@ class RunConfig:
             raise ValueError(
                 "--levels 2 builds the unconditional hierarchical VAE; drop --conditional."
             )
-        if self.levels == 2 and self.network != "mlp":
-            raise ValueError("--levels 2 uses MLP networks; use --network mlp.")
+        if self.levels == 2 and self.network == "conv":
+            raise ValueError("--levels 2 uses MLP networks; use --network mlp or gated.")
         if self.conditional:
-            if self.prior != "normal" or self.network == "conv":
+            if self.prior != "normal" or self.network != "mlp":
                 raise ValueError(
                     "--conditional uses its own learned class-conditional Gaussian prior and "
                     "MLP networks; drop --prior and use --network mlp."
@@ -260,6 +260,8 @@ class RunConfig:
         if self.model == "m2":
             if self.labels is None:
                 raise ValueError("The semi-supervised model needs --labels N.")
+            if self.network != "mlp":
+                raise ValueError("The semi-supervised model uses MLP networks; use --network mlp.")
             check_count("--labels", self.labels)
             check_number("--aux-weight", self.aux_weight, minimum=0)
         if self.time_budget is not None:

@@ -47,6 +47,30 @@ def nll_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def papers_table(results: list[dict]) -> str:
+    """The published protocols (``benchmarks/papers.py``): finished runs with their test NLL,
+    runs still training with their learning curve so far."""
+    lines = [
+        "| protocol | status | epochs (best) | best validation ELBO | test NLL (nats) | "
+        "published | target | curve: validation ELBO at epochs 1, 10, 25, 50, 100, last |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r["protocol"]):
+        curve = {c["epoch"]: c["val_elbo"] for c in r["curve"]}
+        marks = [e for e in (1, 10, 25, 50, 100) if e in curve and e < r["epochs"]]
+        points = ", ".join(f"{e}: {curve[e]:.1f}" for e in [*marks, r["epochs"]] if e in curve)
+        nll = ""
+        if "evaluation" in r:
+            ev = r["evaluation"]
+            nll = f"{ev['nll']:.2f} ± {ev['nll_stderr']:.3f}"
+        best = "" if r["best_val_elbo"] is None else f"{r['best_val_elbo']:.2f}"
+        lines.append(
+            f"| `{r['protocol']}` | {r['status']} | {r['epochs']} ({r['best_epoch']}) | {best} | "
+            f"{nll} | {r['published_nll']:.2f} | ≤ {r['target_nll']} | {points} |"
+        )
+    return "\n".join(lines)
+
+
 def throughput_table(result: dict) -> str:
     lines = [
         f"Date {result['date']}, {result['threads']} thread(s), torch {result['torch']}, "
@@ -190,6 +214,17 @@ def render(results_dir: Path) -> dict[str, str]:
         "",
         nll_table([r for _, r in loaded if r.get("kind") == "nll"]),
     ]
+    papers = [r for _, r in loaded if r.get("kind") == "papers"]
+    if papers:
+        out += ["", "### Tomczak & Welling (2018) protocols (`benchmarks/papers.py`)", ""]
+        out.append(
+            "Gated MLP 2×300, latent 40, batch 100, Adam 5e-4, KL warm-up over 100 epochs, "
+            "early stopping with patience 50; the test NLL (K = 5000, 10,000 test images) "
+            "is filled in when a run has finished. Runs resume across sessions; each "
+            "results file holds its resume command, its deviations from the paper and the "
+            "whole curve."
+        )
+        out += ["", papers_table(papers)]
     speed = [r for _, r in loaded if r.get("kind") == "eval-speed"]
     if speed:
         out += ["", "### IS evaluation speed (`benchmarks/eval_speed.py`)", ""]

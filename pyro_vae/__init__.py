@@ -21,6 +21,7 @@ from pyro_vae.data import (
 )
 from pyro_vae.inference.particles import ParticleLoopWarning
 from pyro_vae.inference.program import Program, read_program
+from pyro_vae.models.hvae import HierarchicalVAE
 from pyro_vae.models.semisupervised import SemiSupervisedVAE, split_labelled
 from pyro_vae.models.vae import VAE, conditional_vae
 from pyro_vae.objectives import (
@@ -40,12 +41,16 @@ from pyro_vae.parts.guides import (
 )
 from pyro_vae.parts.likelihoods import (
     BernoulliLikelihood,
+    BinomialLikelihood,
     ContinuousBernoulliLikelihood,
     DiscretizedLogisticLikelihood,
     Likelihood,
+    NegativeBinomialLikelihood,
     NormalLikelihood,
+    PoissonLikelihood,
+    ZeroInflatedNegativeBinomialLikelihood,
 )
-from pyro_vae.parts.nn import MLP, ConvDecoder, ConvEncoder, latent_input_scale
+from pyro_vae.parts.nn import MLP, ConvDecoder, ConvEncoder, GatedLinear, latent_input_scale
 from pyro_vae.parts.priors import (
     FlowPrior,
     LearnedNormalPrior,
@@ -67,6 +72,7 @@ __all__ = [
     "VAE",
     "BernoulliLikelihood",
     "BetaELBO",
+    "BinomialLikelihood",
     "ConditionalNormalPrior",
     "ContinuousBernoulliLikelihood",
     "ConvDecoder",
@@ -77,13 +83,17 @@ __all__ = [
     "FlowPrior",
     "FreeBitsELBO",
     "FullCovarianceNormalGuide",
+    "GatedLinear",
+    "HierarchicalVAE",
     "History",
     "IAFGuide",
     "LearnedNormalPrior",
     "Likelihood",
     "MixtureOfGaussiansPrior",
+    "NegativeBinomialLikelihood",
     "NormalLikelihood",
     "ParticleLoopWarning",
+    "PoissonLikelihood",
     "PosteriorCollapseWarning",
     "PowerSphericalGuide",
     "Program",
@@ -93,6 +103,7 @@ __all__ = [
     "TrainingDivergedError",
     "UniformSpherePrior",
     "VampPrior",
+    "ZeroInflatedNegativeBinomialLikelihood",
     "bayesian_p_values",
     "binarize",
     "condition_on_labels",

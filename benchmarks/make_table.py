@@ -194,21 +194,74 @@ def scale_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _budget_label(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def peers_table(result: dict) -> str:
+    """pyro-vae beside pythae (``benchmarks/peers.py``): epoch time and NLL at equal budgets."""
+    names = {
+        "pyro-vae": f"pyro-vae {result['pyro_vae']} `fit`",
+        "pythae": f"pythae {result['pythae']} `BaseTrainer`",
+    }
+    budgets = result["budgets"]
+    ratio = result["ratio_pythae_over_pyro_vae"]
+    lines = [
+        f"Date {result['date']}, {result['machine']}, {result['threads']} thread, load "
+        f"average {result['load_average_start']:.1f} at the start and "
+        f"{result['load_average_end']:.1f} at the end of training; torch {result['torch']}, "
+        f"pyro {result['pyro']}. {result['data']}. {result['architecture']}; "
+        f"{result['objective']}; batch {result['batch_size']}, Adam lr {result['lr']:g}, "
+        f"fused on both. Epochs alternate between the two trainers; the NLL is "
+        f"`pyro_vae.check.loglik.log_likelihood` with K = {result['num_samples']} for both "
+        "models, ± its Monte Carlo standard error.",
+        "",
+        "| library | epoch s, median [q1, q3] | first epoch s | examples/s | "
+        + " | ".join(f"test NLL after {_budget_label(b['seconds'])} (epochs)" for b in budgets)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(budgets),
+    ]
+    for key, name in names.items():
+        side = result["sides"][key]
+        t = side["epoch_seconds_after_first"]
+        cells = [
+            f"{b[key]['nll']:.2f} ± {b[key]['nll_stderr']:.2f} ({b[key]['epochs']})"
+            for b in budgets
+        ]
+        lines.append(
+            f"| {name} | {t['median']:.1f} [{t['q1']:.1f}, {t['q3']:.1f}] | "
+            f"{side['first_epoch_seconds']:.1f} | {side['examples_per_s_median']:.0f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        f"Time per epoch, pythae / pyro-vae: {ratio['median']:.2f} (95% interval "
+        f"{ratio['ci95'][0]:.2f}–{ratio['ci95'][1]:.2f}, range {ratio['min']:.2f}–"
+        f"{ratio['max']:.2f}) over {ratio['rounds']} paired rounds after the first epoch.",
+    ]
+    return "\n".join(lines)
+
+
 def render(results_dir: Path) -> dict[str, str]:
-    """The generated blocks of the README: ``parts``, ``counts`` and ``benchmarks``."""
+    """The generated blocks of the README: ``parts``, ``counts``, ``peers`` and
+    ``benchmarks``."""
     loaded = [(f, json.loads(f.read_text())) for f in sorted(results_dir.glob("*.json"))]
 
     def newest(kind: str) -> tuple[Path, dict] | None:
         found = [(f, r) for f, r in loaded if r.get("kind") == kind]
         return max(found, key=lambda fr: fr[1]["date"]) if found else None
 
-    blocks = {"parts": "", "counts": "", "benchmarks": ""}
+    blocks = {"parts": "", "counts": "", "peers": "", "benchmarks": ""}
     counts = newest("counts")
     if counts is not None:
         blocks["counts"] = f"Results file `{counts[0].name}`.\n\n" + counts_table(counts[1])
     parts = newest("parts")
     if parts is not None:
         blocks["parts"] = f"Results file `{parts[0].name}`.\n\n" + parts_table(parts[1])
+    peers = newest("peers")
+    if peers is not None:
+        blocks["peers"] = f"Results file `{peers[0].name}`.\n\n" + peers_table(peers[1])
     out = [
         "### Test NLL, binarized MNIST",
         "",
@@ -288,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_readme:
         write_readme(ROOT / "README.md", blocks)
     else:
-        print(blocks["parts"] + "\n\n" + blocks["benchmarks"])
+        print("\n\n".join(blocks[name] for name in ("parts", "peers", "benchmarks")))
     return 0
 
 

@@ -198,6 +198,14 @@ def _budget_label(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
+def _spread_cell(s: dict) -> str:
+    return f"{s['median']:.1f} [{s['q1']:.1f}, {s['q3']:.1f}]" if s["n"] else "–"
+
+
+def _rate_cell(rate: float | None) -> str:
+    return f"{rate:.0f}" if rate else "–"
+
+
 def peers_table(result: dict) -> str:
     """pyro-vae beside pythae (``benchmarks/peers.py``): epoch time and NLL at equal budgets."""
     names = {
@@ -214,32 +222,36 @@ def peers_table(result: dict) -> str:
         f"{result['objective']}; batch {result['batch_size']}, Adam lr {result['lr']:g}, "
         f"fused on both. Epochs alternate between the two trainers; the NLL is "
         f"`pyro_vae.check.loglik.log_likelihood` with K = {result['num_samples']} for both "
-        "models, ± its Monte Carlo standard error.",
+        "models, ± its Monte Carlo standard error; the CPU time is the process's, in which "
+        "one trainer runs at a time.",
         "",
-        "| library | epoch s, median [q1, q3] | first epoch s | examples/s | "
+        "| library | epoch s, median [q1, q3] | CPU s per epoch | first epoch s | examples/s | "
         + " | ".join(f"test NLL after {_budget_label(b['seconds'])} (epochs)" for b in budgets)
         + " |",
-        "|---|---|---|---|" + "---|" * len(budgets),
+        "|---|---|---|---|---|" + "---|" * len(budgets),
     ]
     for key, name in names.items():
         side = result["sides"][key]
-        t = side["epoch_seconds_after_first"]
+        t, cpu = side["epoch_seconds_after_first"], side["epoch_cpu_seconds_after_first"]
         cells = [
             f"{b[key]['nll']:.2f} ± {b[key]['nll_stderr']:.2f} ({b[key]['epochs']})"
             for b in budgets
         ]
         lines.append(
-            f"| {name} | {t['median']:.1f} [{t['q1']:.1f}, {t['q3']:.1f}] | "
-            f"{side['first_epoch_seconds']:.1f} | {side['examples_per_s_median']:.0f} | "
+            f"| {name} | {_spread_cell(t)} | {_spread_cell(cpu)} | "
+            f"{side['first_epoch_seconds']:.1f} | {_rate_cell(side['examples_per_s_median'])} | "
             + " | ".join(cells)
             + " |"
         )
-    lines += [
-        "",
-        f"Time per epoch, pythae / pyro-vae: {ratio['median']:.2f} (95% interval "
-        f"{ratio['ci95'][0]:.2f}–{ratio['ci95'][1]:.2f}, range {ratio['min']:.2f}–"
-        f"{ratio['max']:.2f}) over {ratio['rounds']} paired rounds after the first epoch.",
-    ]
+    lines.append("")
+    for what, r in (("Wall time", ratio), ("CPU time", result["cpu_ratio_pythae_over_pyro_vae"])):
+        lines.append(
+            f"{what} per epoch, pythae / pyro-vae: {r['median']:.2f} (95% interval "
+            f"{r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}, range {r['min']:.2f}–{r['max']:.2f}) "
+            f"over {r['rounds']} paired rounds after the first epoch."
+            if r["rounds"]
+            else f"{what} per epoch, pythae / pyro-vae: no paired rounds after the first epoch."
+        )
     return "\n".join(lines)
 
 

@@ -133,3 +133,91 @@ def test_collapse_warning_only_for_a_collapsed_guide(x):
     assert healthy.num_active == 2 and healthy.latent_dim == D
     # KL of N(A x, 0.5²) from N(0, 1), averaged over x ~ N(0, I): dims 0, 1 > dims 2, 3
     assert (healthy.kl_per_dim[:2] > healthy.kl_per_dim[2:].max() + 0.3).all()
+
+
+def test_active_units_and_kl_per_dim_are_reported_side_by_side(x):
+    """Exact cases for the two views of a unit (module docstring of diagnostics):
+
+    - units 0, 1: mean x_d (activity 1), scale 0.5: active, KL well above 0.1;
+    - unit 2: mean 0.2 x_d, scale 0.98: activity 0.04 > 0.01 (active), but its KL is
+      ½(0.98² + 0.04 - 1) - log 0.98 ≈ 0.0004 + 0.02, far below 0.1: active, not used;
+    - unit 3: mean 2 whatever x, scale 1: activity 0 (inactive) and KL ½ · 2² = 2 nats,
+      paid for no information.
+
+    The KL is the closed form of N(m, s²) from N(0, 1) averaged over the data, and it is
+    never below half the activity (population variance) for this standard normal prior.
+    """
+    scale = torch.tensor([0.5, 0.5, 0.98, 1.0])
+
+    def mixed_guide(x):
+        loc = torch.stack([x[:, 0], x[:, 1], 0.2 * x[:, 2], torch.full_like(x[:, 3], 2.0)], -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    with pytest.warns(PosteriorCollapseWarning) as caught:
+        diag = latent_diagnostics(model, mixed_guide, x, min_active_fraction=0.9)
+    loc = torch.stack([x[:, 0], x[:, 1], 0.2 * x[:, 2], torch.full_like(x[:, 3], 2.0)], -1)
+    closed = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).mean(0)
+    torch.testing.assert_close(diag.kl_per_dim, closed)
+    torch.testing.assert_close(diag.activity, loc.var(0))
+    assert (diag.kl_per_dim >= loc.var(0, unbiased=False) / 2).all()
+    assert diag.active.tolist() == [True, True, True, False]
+    assert diag.kl_active.tolist() == [True, True, False, True]
+    assert diag.used.tolist() == [True, True, False, False]
+    assert (diag.num_active, diag.num_kl_active, diag.num_used) == (3, 3, 2)
+    # 2 used < 0.9 · 4: the warning states all three counts and the remedies, in full
+    message = str(caught[0].message)
+    assert "3 of 4 latent units are active" in message
+    assert "3 have a KL above 0.1 nats, 2 both" in message
+    assert message.endswith("(smaller, or less autoregressive).")
+    assert diag.summary() == (
+        "z: 3 of 4 units active (Cov_x E_q[z_d] > 0.01), 3 with KL > 0.1 nats, 2 both; "
+        f"KL {closed.sum().item():.3g} nats per example"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PosteriorCollapseWarning)
+        latent_diagnostics(model, mixed_guide, x, min_active_fraction=0.5)  # 2 of 4 used
+
+
+def test_a_guide_whose_mean_ignores_x_has_no_used_unit_whatever_its_kl(x):
+    """q(z | x) = N(loc, s²) with loc and s fixed: activity exactly 0, KL the closed form
+    ½(s² + loc² - 1) - log s per dimension; the warning fires although the KL is large."""
+    loc, scale = torch.tensor([0.0, 1.0, -3.0, 0.5]), torch.tensor([1.0, 0.2, 1.0, 2.0])
+
+    def constant_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).expand([x.shape[0], D]).to_event(1))
+
+    with pytest.warns(PosteriorCollapseWarning, match=r"0 of 4 latent units are active"):
+        diag = latent_diagnostics(model, constant_guide, x[:300])
+    torch.testing.assert_close(diag.kl_per_dim, 0.5 * (scale**2 + loc**2 - 1) - scale.log())
+    assert diag.activity.abs().max() == 0 and diag.num_active == diag.num_used == 0
+    assert diag.num_kl_active == 3  # dimensions 1, 2, 3 pay KL for nothing
+
+
+def test_hierarchical_prior_makes_a_unit_active_at_zero_kl(x):
+    """z2 ~ N(0, 1) and z1 | z2 ~ N(z2, 1); a guide with q(z2 | x) = N(x_0, 0.5²) and
+    q(z1 | z2) = the prior p(z1 | z2): z1 follows z2 (activity 1, active) at KL 0."""
+
+    def two_level_model(x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(0.0, 1.0))
+            z1 = pyro.sample("z1", dist.Normal(z2, 1.0))
+            pyro.sample("x", dist.Normal(z1.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def two_level_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(x[:, 0], 0.5))
+            pyro.sample("z1", dist.Normal(z2, 1.0))
+
+    with pytest.warns(PosteriorCollapseWarning, match=r"at site 'z1'") as caught:
+        diag = latent_diagnostics(two_level_model, two_level_guide, x[:500], num_samples=400)
+    assert "'z2'" not in str(caught[0].message)
+    z1 = diag.sites["z1"]
+    assert z1.num_active == 1 and z1.kl_per_dim.abs().max() < 1e-6 and z1.num_used == 0
+    assert diag.sites["z2"].num_used == 1
+
+
+def test_latent_diagnostics_refuses_bad_thresholds(x):
+    with pytest.raises(ValueError, match="kl_threshold must be a number >= 0"):
+        latent_diagnostics(model, normal_guide, x[:10], kl_threshold=-0.1)

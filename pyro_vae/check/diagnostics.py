@@ -4,10 +4,32 @@ A VAE whose guide ignores :math:`x` in some dimensions (:math:`q(z_d \mid x) \ap
 p(z_d)`) pays no KL for them and uses them for nothing: *posterior collapse*
 (Bowman et al., 2016, arXiv:1511.06349). Two views of it:
 
-- the KL per dimension, :math:`\mathbb{E}_x\,\mathrm{KL}(q(z_d \mid x) \,\|\, p(z_d))`;
+- the KL per dimension, :math:`K_d = \mathbb{E}_x\,\mathrm{KL}(q(z_d \mid x) \,\|\, p(z_d))`;
+  a unit is *KL-active* when :math:`K_d >` ``kl_threshold`` (0.1 nats by default);
 - the activity :math:`A_d = \mathrm{Cov}_x\big(\mathbb{E}_{q(z \mid x)}[z_d]\big)`, with the
   unit *active* when :math:`A_d > 0.01` (Burda, Grosse & Salakhutdinov, 2015,
   arXiv:1509.00519, §5.2).
+
+A unit is *used* when both hold; the collapse warning counts used units. The two views
+measure different things, and neither implies the other at these thresholds:
+
+- :math:`K_d = I_q(x; z_d) + \mathrm{KL}(\bar q(z_d) \,\|\, p(z_d))`, with
+  :math:`\bar q(z_d) = \mathbb{E}_x\, q(z_d \mid x)` the aggregate posterior and :math:`x`
+  drawn from the data: the KL bounds the information a unit carries about :math:`x`
+  from above, and also counts a mismatch between :math:`\bar q` and the prior.
+- For a Gaussian guide and a prior :math:`\mathcal{N}(m_d, s_d^2)` that depends on no
+  other latent, :math:`\mathrm{KL} = \tfrac12\big[\sigma^2/s^2 - 1 - \log(\sigma^2/s^2)\big]
+  + \tfrac12 (\mu - m)^2/s^2` and the bracket is :math:`\ge 0`, so
+  :math:`K_d \ge A_d / (2 s_d^2)` (with :math:`A_d` the population variance; the reported
+  activity uses :math:`N - 1` and is :math:`N/(N-1)` times larger). A unit with a small KL
+  is therefore inactive, but an active unit may carry almost nothing: at
+  :math:`A_d = 0.02` under :math:`\mathcal{N}(0, 1)` its posterior mean moves by a
+  seventh of the prior's spread and its KL can be 0.01 nats.
+- The converse fails: a guide whose mean ignores :math:`x` (:math:`A_d = 0`) but differs
+  from the prior pays a KL for no information.
+- With a prior that depends on another latent (a hierarchy, :math:`p(z_1 \mid z_2)`),
+  :math:`\mathbb{E}_q[z_{1,d}]` can follow :math:`z_2` (active) at zero KL: activity then
+  says nothing about what :math:`z_1` adds.
 
 Both are reported for every latent site of the guide (any names, any number of sites; the
 dimensions of a site are its per-example elements), read from a trace by
@@ -26,6 +48,7 @@ import torch
 from pyro import distributions as dist
 from torch.distributions import kl_divergence
 
+from pyro_vae._checks import check_number
 from pyro_vae.inference.particles import draw_particles, per_example_values, warn_if_looping
 from pyro_vae.inference.program import Program, read_program, to_examples, trace_sites
 
@@ -266,6 +289,9 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
     ``(N, D)`` posterior means (:func:`posterior_means`); unit ``d`` is active when
     :math:`A_d >` ``threshold`` (0.01 in Burda et al., 2015).
 
+    Activity alone can call a unit active that carries a hundredth of a nat; compare it
+    with :func:`kl_per_dim`, or use :func:`latent_diagnostics`, which reports both.
+
     :returns: the boolean mask of active units, ``(D,)``; ``means.var(0)`` is the activity.
     """
     if means.dim() != 2 or means.shape[0] < 2:
@@ -278,15 +304,20 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LatentDiagnostics:
-    """Summary of how the latent code is used, from :func:`latent_diagnostics`; the
+    r"""Summary of how the latent code is used, from :func:`latent_diagnostics`; the
     dimensions of all latent sites side by side, in the order of :attr:`site_dims`.
+
+    Three masks per unit (see the module docstring for how they relate): :attr:`active`
+    (activity above :attr:`threshold`), :attr:`kl_active` (KL above
+    :attr:`kl_threshold`) and :attr:`used` (both).
 
     :ivar kl_per_dim: ``(D,)`` mean KL per dimension over the data (nats); ``None`` when a
         site's guide or prior does not factorize.
-    :ivar activity: ``(D,)`` :math:`\\mathrm{Cov}_x(\\mathbb{E}_q[z_d])`.
+    :ivar activity: ``(D,)`` :math:`\mathrm{Cov}_x(\mathbb{E}_q[z_d])`.
     :ivar active: ``(D,)`` boolean mask, ``activity > threshold``.
     :ivar threshold: the activity threshold.
     :ivar site_dims: ``(site, number of dimensions)`` of each latent site, in order.
+    :ivar kl_threshold: the KL threshold of a KL-active unit (nats per example).
     """
 
     kl_per_dim: torch.Tensor | None
@@ -295,10 +326,36 @@ class LatentDiagnostics:
     threshold: float
     site_dims: tuple[tuple[str, int], ...] = field(default=())
     site_kl: dict[str, torch.Tensor | None] = field(default_factory=dict, repr=False)
+    kl_threshold: float = 0.1
 
     @property
     def num_active(self) -> int:
+        """Units whose activity exceeds :attr:`threshold` (Burda et al.'s count)."""
         return int(self.active.sum())
+
+    @property
+    def kl_active(self) -> torch.Tensor | None:
+        """``(D,)`` mask of the units whose mean KL exceeds :attr:`kl_threshold`; ``None``
+        without a KL per dimension."""
+        return None if self.kl_per_dim is None else self.kl_per_dim > self.kl_threshold
+
+    @property
+    def num_kl_active(self) -> int | None:
+        """Units whose mean KL exceeds :attr:`kl_threshold`; ``None`` without a KL per
+        dimension."""
+        mask = self.kl_active
+        return None if mask is None else int(mask.sum())
+
+    @property
+    def used(self) -> torch.Tensor:
+        """``(D,)`` mask of the units that are both active and KL-active (only active
+        where there is no KL per dimension): the count the collapse warning uses."""
+        mask = self.kl_active
+        return self.active if mask is None else self.active & mask
+
+    @property
+    def num_used(self) -> int:
+        return int(self.used.sum())
 
     @property
     def latent_dim(self) -> int:
@@ -314,10 +371,31 @@ class LatentDiagnostics:
             if kl is None and self.kl_per_dim is not None:
                 kl = self.kl_per_dim[part]
             out[name] = LatentDiagnostics(
-                kl, self.activity[part], self.active[part], self.threshold, ((name, dim),)
+                kl,
+                self.activity[part],
+                self.active[part],
+                self.threshold,
+                ((name, dim),),
+                kl_threshold=self.kl_threshold,
             )
             start += dim
         return out
+
+    def summary(self) -> str:
+        """One line per site: active units, KL-active units, used units and the KL."""
+        lines = []
+        for name, d in self.sites.items():
+            line = (
+                f"{name}: {d.num_active} of {d.latent_dim} units active "
+                f"(Cov_x E_q[z_d] > {d.threshold:g})"
+            )
+            if d.kl_per_dim is not None:
+                line += (
+                    f", {d.num_kl_active} with KL > {d.kl_threshold:g} nats, {d.num_used} "
+                    f"both; KL {d.kl_per_dim.sum().item():.3g} nats per example"
+                )
+            lines.append(line)
+        return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -330,6 +408,7 @@ def latent_diagnostics(
     latent_sites: LatentSites = None,
     obs_site: str | None = None,
     threshold: float = 0.01,
+    kl_threshold: float = 0.1,
     min_active_fraction: float = 0.1,
     min_kl: float = 0.1,
     num_samples: int = 100,
@@ -340,11 +419,16 @@ def latent_diagnostics(
     ``latent_sites``), and a :class:`PosteriorCollapseWarning` naming each site whose
     code is barely used.
 
-    The warning fires for a site when fewer than ``min_active_fraction`` of its units (and
-    at least one) are active, or when its KL averaged over the data is below ``min_kl``
-    nats. Its advice: anneal the KL weight from ~0 to 1, use free bits (Kingma et al.,
-    2016), or weaken the decoder. :attr:`LatentDiagnostics.sites` splits the result by
-    site.
+    A unit is *used* when it is active (activity above ``threshold``) and its KL
+    averaged over the data exceeds ``kl_threshold`` nats; the module docstring explains
+    why one test alone misleads (an active unit can carry a hundredth of a nat; a unit
+    can pay KL without its mean depending on ``x``). Without a KL per dimension (a guide
+    or prior that does not factorize) a used unit is an active one. The warning fires for
+    a site when fewer than ``min_active_fraction`` of its units (and at least one) are
+    used, or when its KL averaged over the data is below ``min_kl`` nats; it states the
+    three counts and advises to anneal the KL weight from ~0 to 1, use free bits (Kingma
+    et al., 2016), or weaken the decoder. :attr:`LatentDiagnostics.sites` splits the
+    result by site and :meth:`LatentDiagnostics.summary` prints it.
 
     :param model: Pyro model.
     :param guide: the matching guide.
@@ -354,12 +438,20 @@ def latent_diagnostics(
         the guide.
     :param obs_site: the data site, where the model observes several.
     :param threshold: activity threshold of an active unit.
-    :param min_active_fraction: warn below this fraction of active units of a site.
+    :param kl_threshold: KL threshold of a KL-active unit (nats per example).
+    :param min_active_fraction: warn below this fraction of used units of a site.
     :param min_kl: warn below this mean KL of a site (nats per example).
     :param num_samples: Monte Carlo draws where no closed form exists.
     :param batch_size: examples per forward pass.
     :param warn: issue the warning (set ``False`` to only compute).
     """
+    for name, value in (
+        ("threshold", threshold),
+        ("kl_threshold", kl_threshold),
+        ("min_active_fraction", min_active_fraction),
+        ("min_kl", min_kl),
+    ):
+        check_number(name, value, minimum=0)
     program = read_program(
         model,
         guide,
@@ -381,27 +473,37 @@ def latent_diagnostics(
     kls = list(site_kl.values())
     kl_total = None if any(k is None for k in kls) else torch.cat(kls)  # type: ignore[arg-type]
     dims = tuple((site, means[site].shape[1]) for site in program.latent_sites)
-    result = LatentDiagnostics(kl_total, all_means.var(0), active, float(threshold), dims, site_kl)
+    result = LatentDiagnostics(
+        kl_total,
+        all_means.var(0),
+        active,
+        float(threshold),
+        dims,
+        site_kl,
+        kl_threshold=float(kl_threshold),
+    )
     if warn:
-        _warn_collapse(result, threshold, min_active_fraction, min_kl)
+        _warn_collapse(result, min_active_fraction, min_kl)
     return result
 
 
-def _warn_collapse(
-    result: LatentDiagnostics, threshold: float, min_active_fraction: float, min_kl: float
-) -> None:
+def _warn_collapse(result: LatentDiagnostics, min_active_fraction: float, min_kl: float) -> None:
     findings = []
     for name, diag in result.sites.items():
-        few = diag.num_active < max(1, math.ceil(min_active_fraction * diag.latent_dim))
+        few = diag.num_used < max(1, math.ceil(min_active_fraction * diag.latent_dim))
         kl = diag.kl_per_dim
         tiny_kl = kl is not None and kl.sum().item() < min_kl
         if few or tiny_kl:
             what = (
                 f"at site {name!r}, {diag.num_active} of {diag.latent_dim} latent units are "
-                f"active (Cov_x E_q[z_d] > {threshold:g})"
+                f"active (Cov_x E_q[z_d] > {diag.threshold:g})"
             )
             if kl is not None:
-                what += f" and the KL is {kl.sum().item():.3g} nats per example"
+                what += (
+                    f", {diag.num_kl_active} have a KL above {diag.kl_threshold:g} nats, "
+                    f"{diag.num_used} both, and the KL is {kl.sum().item():.3g} nats per "
+                    "example"
+                )
             findings.append(what)
     if findings:
         warnings.warn(

@@ -19,9 +19,10 @@ the dimensions of the data site.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import arviz as az
 import numpy as np
@@ -37,25 +38,45 @@ from pyro_vae.inference.particles import (
 )
 from pyro_vae.inference.program import Program, read_program, trace_sites
 
+if TYPE_CHECKING:
+    import pandas as pd  # type: ignore[import-untyped]
+
 __all__ = [
+    "FEATURE_LABELS",
+    "FEATURE_STATISTICS",
     "bayesian_p_values",
+    "choose_features",
+    "feature_check_summary",
+    "feature_checks",
+    "feature_data",
+    "feature_dispersion",
+    "feature_max",
+    "feature_mean",
+    "feature_variance",
+    "feature_zero_fraction",
     "image_ink",
     "mean_intensity",
     "pixel_marginals",
+    "plot_feature_p_values",
+    "plot_feature_statistics",
     "posterior_predictive",
     "prior_predictive",
+    "save_feature_plots",
     "save_ppc_plots",
     "statistic_data",
 ]
 
 SAMPLE_DIMS = ("chain", "draw")
 EXAMPLE_DIM = "example"
+FEATURE_DIM = "feature"
 Statistic = Callable[[xr.DataArray], xr.DataArray]
 
 
 def _event_dims(name: str, shape: tuple[int, ...], data_site: bool) -> list[str]:
     if data_site:
-        named = {1: ["pixel"], 2: ["row", "column"], 3: ["channel", "row", "column"]}
+        if len(shape) == 1:  # a table or a count vector; 784-vectors are flattened MNIST
+            return ["pixel"] if shape == (784,) else [FEATURE_DIM]
+        named = {2: ["row", "column"], 3: ["channel", "row", "column"]}
         if len(shape) in named:
             return named[len(shape)]
     elif name == "z" and len(shape) == 1:
@@ -221,7 +242,8 @@ def posterior_predictive(
       ``(chain, draw, example, latent)``, shape ``(1, S, N, D)``;
     - ``posterior_predictive``: the data site, dims ``(chain, draw, example, *pixel)``
       where the pixel dims are ``(channel, row, column)`` for images, ``(pixel,)`` for
-      vectors (the shape the model observes, e.g. ``(784,)`` if it flattens images);
+      784-vectors (flattened MNIST, the shape the model observes) and ``(feature,)`` for
+      any other vector (a table, counts per feature);
     - ``log_likelihood``: the data site, :math:`\log p(x_n \mid z_{n,s})`, dims
       ``(chain, draw, example)``;
     - ``observed_data``: the data site's observed values; ``constant_data``: the
@@ -348,9 +370,25 @@ def bayesian_p_values(
     :param obs_site: the replicated data site; default the group's only variable.
     :param group: ``"posterior_predictive"`` or ``"prior_predictive"``.
     :returns: p-values in [0, 1], with the statistic's dims other than ``chain, draw``.
+        Where the statistic is undefined (NaN, e.g. a variance-to-mean ratio of a
+        feature that is all zeros) in some draws, the p-value counts the other draws;
+        where it is undefined for the data, or in every draw, the p-value is NaN.
     """
     t_rep, t_obs = _statistic_values(idata, statistic, obs_site, group)
-    p = (t_rep > t_obs).mean(SAMPLE_DIMS) + 0.5 * (t_rep == t_obs).mean(SAMPLE_DIMS)
+    return _p_values(t_rep, t_obs)
+
+
+def _p_values(t_rep: xr.DataArray, t_obs: xr.DataArray) -> xr.DataArray:
+    """Bayesian p-values over the draws; a statistic undefined (NaN) in some draws counts
+    over the others, and one undefined for the data gives NaN."""
+    if not (t_rep.isnull().any() or t_obs.isnull().any()):
+        p = (t_rep > t_obs).mean(SAMPLE_DIMS) + 0.5 * (t_rep == t_obs).mean(SAMPLE_DIMS)
+    else:
+        valid = t_rep.notnull()
+        above = (t_rep > t_obs).where(valid).sum(SAMPLE_DIMS)
+        ties = (t_rep == t_obs).where(valid).sum(SAMPLE_DIMS)
+        count = valid.sum(SAMPLE_DIMS)
+        p = ((above + 0.5 * ties) / count.where(count > 0)).where(t_obs.notnull())
     return p.rename("p_value")
 
 
@@ -476,3 +514,388 @@ def _plot_scalar(data: az.InferenceData, name: str, group: str) -> None:
     ax.axvline(t_obs, color="k", linestyle="--", label="observed")
     ax.set_title(f"{name}: Bayesian p-value {p:.3f}")
     ax.legend()
+
+
+# --------------------------------------------------------------------------- per feature
+
+
+def feature_mean(x: xr.DataArray) -> xr.DataArray:
+    """The mean of each feature over the examples: dims ``(..., *feature)``."""
+    return x.mean(EXAMPLE_DIM)
+
+
+def feature_variance(x: xr.DataArray) -> xr.DataArray:
+    """The sample variance (``ddof=1``) of each feature over the examples."""
+    return x.var(EXAMPLE_DIM, ddof=1)
+
+
+def feature_zero_fraction(x: xr.DataArray) -> xr.DataArray:
+    """The fraction of the examples in which each feature is exactly 0."""
+    return (x == 0).mean(EXAMPLE_DIM)
+
+
+def feature_dispersion(x: xr.DataArray) -> xr.DataArray:
+    r"""The dispersion index of each feature, variance / mean over the examples: 1 for
+    Poisson counts, above 1 for overdispersed counts (a negative binomial's
+    :math:`1 + \mu/\theta`), below 1 for counts with an upper bound (a binomial's
+    :math:`1 - p`). NaN for a feature whose mean is 0."""
+    mean = x.mean(EXAMPLE_DIM)
+    return x.var(EXAMPLE_DIM, ddof=1) / mean.where(mean > 0)
+
+
+def feature_max(x: xr.DataArray) -> xr.DataArray:
+    """The largest value of each feature over the examples (an upper bound the data keep,
+    such as 16 for the UCI digits, and the replicates may not)."""
+    return x.max(EXAMPLE_DIM)
+
+
+#: the per-feature statistics of :func:`feature_checks`, by name
+FEATURE_STATISTICS: dict[str, Statistic] = {
+    "mean": feature_mean,
+    "variance": feature_variance,
+    "zero_fraction": feature_zero_fraction,
+    "dispersion": feature_dispersion,
+    "max": feature_max,
+}
+
+# the same statistics on numpy arrays ``(..., examples)``, for ``az.plot_bpv(t_stat=...)``
+_NUMPY_STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda a: a.mean(axis=-1),
+    "variance": lambda a: a.var(axis=-1, ddof=1),
+    "zero_fraction": lambda a: (a == 0).mean(axis=-1),
+    "dispersion": lambda a: a.var(axis=-1, ddof=1) / np.where(a.mean(-1) > 0, a.mean(-1), np.nan),
+    "max": lambda a: a.max(axis=-1),
+}
+#: how the statistics of :data:`FEATURE_STATISTICS` are named in figures and tables
+FEATURE_LABELS = {
+    "mean": "mean",
+    "variance": "variance",
+    "zero_fraction": "fraction of zeros",
+    "dispersion": "variance / mean",
+    "max": "largest value",
+}
+
+
+def feature_checks(
+    idata: az.InferenceData,
+    statistics: dict[str, Statistic] | None = None,
+    *,
+    obs_site: str | None = None,
+    group: str = "posterior_predictive",
+) -> pd.DataFrame:
+    r"""Per-feature predictive checks for tables and counts: for each statistic of
+    :data:`FEATURE_STATISTICS` (the mean, variance, fraction of zeros, dispersion index
+    and largest value of each feature over the examples) or of ``statistics``, its value
+    on the data, its mean over the replicated datasets, and its Bayesian p-value
+    (:func:`bayesian_p_values`).
+
+    Each draw :math:`s` of ``idata`` replicates the whole dataset, one
+    :math:`x^{\mathrm{rep}}_{n,s}` per example, so a feature's statistic has one value per
+    draw. A dispersion index whose p-values pile up at 0 across the features says the
+    data vary more than the model's replicates (a Poisson fitted to overdispersed
+    counts); a fraction of zeros with p-values near 1 says the model makes too many zeros.
+
+    :param idata: from :func:`posterior_predictive` or :func:`prior_predictive`.
+    :param statistics: ``{name: function}``, each function reducing the ``example`` dim
+        of a :class:`xarray.DataArray` and keeping the feature dims; default
+        :data:`FEATURE_STATISTICS`.
+    :param obs_site: the replicated data site; default the group's only variable.
+    :param group: ``"posterior_predictive"`` or ``"prior_predictive"``.
+    :returns: a :class:`pandas.DataFrame` with one row per feature (indexed by the feature
+        dims' coordinates) and, per statistic ``name``, the columns ``name_observed``,
+        ``name_replicated`` (mean over the draws where it is defined) and ``name_p``.
+    """
+    statistics = FEATURE_STATISTICS if statistics is None else statistics
+    columns: dict[str, xr.DataArray] = {}
+    for name, statistic in statistics.items():
+        t_rep, t_obs = _statistic_values(idata, statistic, obs_site, group)
+        if EXAMPLE_DIM in t_obs.dims or not t_obs.dims:
+            raise ValueError(
+                f"The statistic {name!r} must reduce the example dim and keep the feature "
+                f"dims; its value on the data has dims {t_obs.dims}."
+            )
+        columns[f"{name}_observed"] = t_obs
+        columns[f"{name}_replicated"] = t_rep.mean(SAMPLE_DIMS)
+        columns[f"{name}_p"] = _p_values(t_rep, t_obs)
+    table = xr.Dataset(columns).reset_coords(drop=True).to_dataframe()
+    return table
+
+
+def feature_check_summary(
+    table: pd.DataFrame, *, low: float = 0.025, high: float = 0.975
+) -> dict[str, dict[str, float | int | None]]:
+    """For each statistic of a :func:`feature_checks` table: the fraction of features whose
+    p-value lies outside ``[low, high]`` (``extreme_fraction``), the median p-value and
+    the number of features where the statistic is defined (``num_features``; the
+    dispersion index is undefined for a feature that is 0 in every example). ``None`` where
+    no feature has it defined."""
+    if not 0 <= low < high <= 1:
+        raise ValueError(f"Need 0 <= low < high <= 1, got low={low}, high={high}.")
+    out: dict[str, dict[str, float | int | None]] = {}
+    for column in table.columns:
+        if not column.endswith("_p"):
+            continue
+        p = table[column].dropna()
+        out[column[: -len("_p")]] = {
+            "extreme_fraction": float(((p < low) | (p > high)).mean()) if len(p) else None,
+            "p_median": float(p.median()) if len(p) else None,
+            "num_features": len(p),
+        }
+    return out
+
+
+def _flat_features(values: xr.DataArray) -> tuple[np.ndarray, list[str]]:
+    """Values with the feature dims flattened into one last axis, and a label per feature."""
+    dims = _pixel_dims(values)
+    if len(dims) == 1:
+        labels = [str(v) for v in values[dims[0]].values]
+        return values.transpose(..., dims[0]).values, labels
+    stacked = values.stack(__feature__=dims).transpose(..., "__feature__")
+    labels = [",".join(str(i) for i in ix) for ix in stacked["__feature__"].values]
+    return stacked.values, labels
+
+
+def choose_features(
+    idata: az.InferenceData, num_features: int = 6, *, obs_site: str | None = None
+) -> list[int]:
+    """Up to ``num_features`` features to plot, spread evenly over the features ordered by
+    their mean on the data (from the rarest to the most common), leaving out features
+    that are constant on the data. Positions in the flattened feature order."""
+    check_count("num_features", num_features)
+    observed = _group(idata, "observed_data")
+    site = _replicated(observed, obs_site, "observed_data")
+    values, _ = _flat_features(observed[site])
+    varying = np.flatnonzero(values.std(axis=0) > 0)
+    if len(varying) == 0:
+        return []
+    order = varying[np.argsort(values[:, varying].mean(axis=0), kind="stable")]
+    picks = np.linspace(0, len(order) - 1, min(num_features, len(order))).round().astype(int)
+    return sorted(int(order[i]) for i in np.unique(picks))
+
+
+def feature_data(
+    idata: az.InferenceData,
+    features: Sequence[int] | None = None,
+    *,
+    obs_site: str | None = None,
+    group: str = "posterior_predictive",
+) -> az.InferenceData:
+    """Observed and replicated values of chosen features, built with
+    :func:`arviz.from_dict` for ArviZ's per-feature plots: the data site with dims
+    ``(chain, draw, example, feature)`` in ``group`` and ``(example, feature)`` in
+    ``observed_data`` (image-shaped data have their dims flattened, labelled
+    ``"channel,row,column"``). Whole-number data are stored as integers, so that
+    ArviZ draws them as histograms. Plot with::
+
+        data = feature_data(idata, [3, 10, 20])
+        az.plot_ppc(data, flatten=["example"])  # one panel per feature
+        az.plot_bpv(data, kind="t_stat", t_stat=lambda a: a.var(-1) / a.mean(-1),
+                    flatten=["example"])  # the dispersion index per feature
+
+    :param features: positions in the flattened feature order; default
+        :func:`choose_features`.
+    :param obs_site: the replicated data site; default the group's only variable.
+    :param group: ``"posterior_predictive"`` or ``"prior_predictive"``.
+    """
+    rep = _group(idata, group)
+    site = _replicated(rep, obs_site, group)
+    replicated, labels = _flat_features(rep[site])
+    observed, _ = _flat_features(_group(idata, "observed_data")[site])
+    chosen = choose_features(idata, obs_site=site) if features is None else list(features)
+    bad = [f for f in chosen if not 0 <= f < len(labels)]
+    if bad or not chosen:
+        raise ValueError(
+            f"features={list(chosen)}: pass positions in [0, {len(labels)}) of the "
+            f"flattened features ({len(labels)} of them)."
+        )
+    replicated, observed = replicated[..., chosen], observed[..., chosen]
+    if np.array_equal(observed, np.round(observed)) and np.array_equal(
+        replicated, np.round(replicated)
+    ):
+        replicated, observed = replicated.astype(np.int64), observed.astype(np.int64)
+    return az.from_dict(
+        **{group: {site: replicated}},  # type: ignore[arg-type]
+        observed_data={site: observed},
+        coords={FEATURE_DIM: [labels[f] for f in chosen]},
+        dims={site: [EXAMPLE_DIM, FEATURE_DIM]},
+    )
+
+
+def save_feature_plots(
+    idata: az.InferenceData,
+    out_dir: str | os.PathLike,
+    *,
+    features: Sequence[int] | None = None,
+    obs_site: str | None = None,
+    group: str = "posterior_predictive",
+) -> list[Path]:
+    """Save the per-feature checks of tables and counts as PNG files in ``out_dir``:
+
+    - ``ppc_features.png``: ``az.plot_ppc`` per chosen feature, the distribution of the
+      observed values against that of replicated datasets (histograms for counts);
+    - ``bpv_features_dispersion.png``: ``az.plot_bpv(kind="t_stat")`` per chosen feature
+      with the dispersion index (variance / mean) as the statistic: its density over the
+      replicated datasets, the observed value as a dot;
+    - ``stat_features.png``: :func:`plot_feature_statistics`, every statistic of
+      :data:`FEATURE_STATISTICS` per chosen feature with its p-value;
+    - ``p_values_features.png``: :func:`plot_feature_p_values`, the p-values of every
+      feature (a pile-up at 0 or 1 is a misfit shared by many features).
+
+    :param features: positions of the features to plot; default :func:`choose_features`.
+    :param obs_site: the replicated data site; default the group's only variable.
+    :param group: ``"posterior_predictive"`` or ``"prior_predictive"``.
+    :returns: the paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    positions = (
+        list(features) if features is not None else choose_features(idata, obs_site=obs_site)
+    )
+    data = feature_data(idata, positions, obs_site=obs_site, group=group)
+    kind_group = "prior" if group == "prior_predictive" else "posterior"
+    paths = [out / name for name in ("ppc_features.png", "bpv_features_dispersion.png")]
+    axes = az.plot_ppc(
+        data,
+        flatten=[EXAMPLE_DIM],
+        group=kind_group,
+        num_pp_samples=min(50, data[group].sizes["draw"]),
+        random_seed=0,
+    )
+    _label_panels(axes, data, "value", "frequency")
+    plt.gcf().savefig(paths[0], dpi=72)
+    plt.close("all")
+    with warnings.catch_warnings():  # a feature whose replicates are all 0 has no density
+        warnings.filterwarnings("ignore", message="Your data appears to have a single value")
+        axes = az.plot_bpv(
+            data,
+            kind="t_stat",
+            t_stat=lambda a: _finite(_NUMPY_STATISTICS["dispersion"](a)),
+            flatten=[EXAMPLE_DIM],
+            bpv=False,
+            group=kind_group,
+        )
+    _label_panels(axes, data, FEATURE_LABELS["dispersion"], "density over replicates")
+    plt.gcf().savefig(paths[1], dpi=72)
+    plt.close("all")
+    table = feature_checks(idata, obs_site=obs_site, group=group)
+    plot_feature_statistics(idata, positions, obs_site=obs_site, group=group, table=table)
+    paths.append(out / "stat_features.png")
+    plt.gcf().savefig(paths[-1], dpi=72)
+    plt.close("all")
+    plot_feature_p_values(table)
+    paths.append(out / "p_values_features.png")
+    plt.gcf().savefig(paths[-1], dpi=72)
+    plt.close("all")
+    return paths
+
+
+def _label_panels(axes: Any, data: az.InferenceData, xlabel: str, ylabel: str) -> None:
+    labels = data.observed_data[FEATURE_DIM].values  # type: ignore[attr-defined]
+    for ax, label in zip(np.ravel(axes), labels, strict=False):
+        ax.set_title(f"feature {label}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values = np.atleast_1d(values)
+    return values[np.isfinite(values)]
+
+
+def plot_feature_statistics(
+    idata: az.InferenceData,
+    features: Sequence[int] | None = None,
+    statistics: Sequence[str] | None = None,
+    *,
+    obs_site: str | None = None,
+    group: str = "posterior_predictive",
+    table: pd.DataFrame | None = None,
+    axes: Any = None,
+) -> Any:
+    """A grid of per-feature checks: one row per statistic (names of
+    :data:`FEATURE_STATISTICS`, default all), one column per feature (positions, default
+    :func:`choose_features`). Each panel is the histogram of the statistic over the
+    replicated datasets with the observed value as a vertical line and the Bayesian
+    p-value in the title; histograms rather than densities, because the fraction of
+    zeros and the largest value take few distinct values.
+
+    :param table: a :func:`feature_checks` table of the same ``idata`` (computed if not
+        given) for the p-values.
+    :param axes: a ``(len(statistics), len(features))`` array of axes; default a new figure.
+    :returns: the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(FEATURE_STATISTICS) if statistics is None else list(statistics)
+    unknown = [n for n in names if n not in FEATURE_STATISTICS]
+    if unknown:
+        raise ValueError(f"Unknown statistics {unknown}; choose from {list(FEATURE_STATISTICS)}.")
+    positions = (
+        list(features) if features is not None else choose_features(idata, obs_site=obs_site)
+    )
+    data = feature_data(idata, positions, obs_site=obs_site, group=group)
+    site = str(next(iter(data.observed_data.data_vars)))  # type: ignore[attr-defined]
+    labels = [str(v) for v in data.observed_data[FEATURE_DIM].values]  # type: ignore[attr-defined]
+    if table is None:
+        table = feature_checks(
+            idata, {n: FEATURE_STATISTICS[n] for n in names}, obs_site=site, group=group
+        )
+    if axes is None:
+        _, axes = plt.subplots(
+            len(names),
+            len(positions),
+            figsize=(2.6 * len(positions), 2.1 * len(names)),
+            squeeze=False,
+            constrained_layout=True,
+        )
+    axes = np.asarray(axes).reshape(len(names), len(positions))
+    for row, name in enumerate(names):
+        t_rep = FEATURE_STATISTICS[name](data[group][site].astype(float))
+        t_obs = FEATURE_STATISTICS[name](data.observed_data[site].astype(float))  # type: ignore[attr-defined]
+        for col, (position, label) in enumerate(zip(positions, labels, strict=True)):
+            ax = axes[row, col]
+            values = _finite(t_rep.isel({FEATURE_DIM: col}).values.ravel())
+            observed = float(t_obs.isel({FEATURE_DIM: col}))
+            if len(values):
+                ax.hist(values, bins=min(20, len(np.unique(values))), color="C0", alpha=0.7)
+            ax.axvline(observed, color="k", linestyle="--")
+            ax.set_title(
+                f"feature {label}: p = {table[f'{name}_p'].iloc[position]:.3f}", fontsize=8
+            )
+            ax.set_xlabel(FEATURE_LABELS[name], fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[row, 0].set_ylabel("replicates", fontsize=8)
+    return axes
+
+
+def plot_feature_p_values(
+    table: pd.DataFrame, statistics: Sequence[str] | None = None, *, axes: Any = None
+) -> Any:
+    """Histograms of the per-feature p-values of a :func:`feature_checks` table, one panel
+    per statistic, with the bands below 0.025 and above 0.975 shaded; returns the axes."""
+    import matplotlib.pyplot as plt
+
+    names = (
+        [c[: -len("_p")] for c in table.columns if c.endswith("_p")]
+        if statistics is None
+        else list(statistics)
+    )
+    if axes is None:
+        _, axes = plt.subplots(
+            1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False, constrained_layout=True
+        )
+    for ax, name in zip(np.ravel(axes), names, strict=True):
+        p = table[f"{name}_p"].dropna().to_numpy()
+        ax.hist(p, bins=20, range=(0, 1), color="C0")
+        for lo, hi in ((0, 0.025), (0.975, 1)):
+            ax.axvspan(lo, hi, color="C3", alpha=0.15)
+        ax.set_title(FEATURE_LABELS.get(name, name), fontsize=9)
+        ax.set_xlabel("Bayesian p-value")
+        ax.set_ylabel(f"features (of {len(p)})")
+        ax.set_xlim(0, 1)
+    return axes

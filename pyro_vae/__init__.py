@@ -9,7 +9,12 @@ model/guide pair, whose sites, plate over examples and arguments are read from a
 from pyro_vae.check.diagnostics import PosteriorCollapseWarning, latent_diagnostics
 from pyro_vae.check.evaluate import elbo_terms, evaluate
 from pyro_vae.check.loglik import log_likelihood
-from pyro_vae.check.ppc import bayesian_p_values, posterior_predictive, prior_predictive
+from pyro_vae.check.ppc import (
+    bayesian_p_values,
+    feature_checks,
+    posterior_predictive,
+    prior_predictive,
+)
 from pyro_vae.data import (
     DynamicBinarization,
     binarize,
@@ -110,6 +115,7 @@ __all__ = [
     "conditional_vae",
     "elbo_terms",
     "evaluate",
+    "feature_checks",
     "fit",
     "fit_semisupervised",
     "latent_diagnostics",

@@ -122,19 +122,21 @@ def is_discrete(
     return _data_facts(read_program(model, None, x, y, obs_site=obs_site), x, y)[0]
 
 
-def _data_facts(program: Program, x: torch.Tensor, y: torch.Tensor | None) -> tuple[bool, int]:
-    """Whether the data site's distribution is discrete, and its elements per example."""
+def _data_facts(
+    program: Program, x: torch.Tensor, y: torch.Tensor | None
+) -> tuple[bool, tuple[int, ...]]:
+    """Whether the data site's distribution is discrete, and its shape per example."""
     site = program.data_site()
     prior = replace(program, guide=None)  # the model alone, drawing its latents
     model_tr, _ = prior.traces(x[:1], None if y is None else y[:1], uncondition=True)
     node: Any = model_tr.nodes[site]
-    dims = to_examples(node["value"], node, program.plate)[0].numel()
+    shape = tuple(to_examples(node["value"], node, program.plate).shape[1:])
     fn = node["fn"]
     while isinstance(fn, torch.distributions.Independent | MaskedDistribution):
         fn = fn.base_dist
     # the discretized logistic is a probability mass on a grid in [0, 1]
     discrete = bool(fn.support.is_discrete) or isinstance(fn, DiscretizedLogistic)  # type: ignore[attr-defined]
-    return discrete, dims
+    return discrete, shape
 
 
 def _pareto_summary(ll: LogLikelihood) -> dict[str, float | None]:
@@ -176,6 +178,9 @@ def evaluate(
     - ``bits_per_dim``: ``nll / (D ln 2)``, ``D`` the elements of the data site per example,
       when its likelihood is discrete (:func:`is_discrete`), else ``None`` (a density is not
       a code length);
+    - ``nll_per_feature``: ``nll / D`` in nats, the code length per feature of discrete
+      data (counts, tables of categories), else ``None``; ``num_features``: ``D``;
+      ``data_shape``: the shape of the data site per example;
     - ``active_units``, ``latent_dim``, ``activity``, ``kl_per_dim`` (``None`` if the guide
       or prior does not factorize): :func:`~pyro_vae.check.diagnostics.latent_diagnostics`, which
       warns on posterior collapse, over the latent sites side by side;
@@ -192,7 +197,8 @@ def evaluate(
     :param particle_chunk: particles per forward pass.
     :param shard: under :mod:`torch.distributed`, split the importance sampling over the
         ranks (every rank must call); ``False`` evaluates on this rank alone.
-    :param obs_site: the data site (for ``bits_per_dim``), where the model observes several.
+    :param obs_site: the data site (for ``bits_per_dim`` and ``nll_per_feature``), where
+        the model observes several.
     :param latent_sites: the latent sites of the diagnostics; default every latent site.
     """
     if x.shape[0] < 2:
@@ -212,7 +218,8 @@ def evaluate(
     seconds = time.perf_counter() - started
     diag = latent_diagnostics(model, guide, x, y, obs_site=obs_site, latent_sites=latent_sites)
     program = read_program(model, guide, x, y, obs_site=obs_site, num_examples=batch_size)
-    discrete, dims = _data_facts(program, x, y)
+    discrete, shape = _data_facts(program, x, y)
+    dims = math.prod(shape)
     nll = -ll.mean
     return {
         "num_examples": int(x.shape[0]),
@@ -224,6 +231,9 @@ def evaluate(
         "nll_stderr": ll.mean_stderr,
         **_pareto_summary(ll),
         "bits_per_dim": nll / (dims * math.log(2)) if discrete else None,
+        "nll_per_feature": nll / dims if discrete else None,
+        "num_features": dims,
+        "data_shape": list(shape),
         "active_units": diag.num_active,
         "latent_dim": diag.latent_dim,
         "activity": diag.activity.tolist(),

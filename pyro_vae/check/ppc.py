@@ -538,7 +538,7 @@ def feature_dispersion(x: xr.DataArray) -> xr.DataArray:
     r"""The dispersion index of each feature, variance / mean over the examples: 1 for
     Poisson counts, above 1 for overdispersed counts (a negative binomial's
     :math:`1 + \mu/\theta`), below 1 for counts with an upper bound (a binomial's
-    :math:`1 - p`). NaN for a feature whose mean is 0."""
+    :math:`1 - p`). NaN for a feature whose mean is not positive."""
     mean = x.mean(EXAMPLE_DIM)
     return x.var(EXAMPLE_DIM, ddof=1) / mean.where(mean > 0)
 

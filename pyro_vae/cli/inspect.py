@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_vae import distributed
+from pyro_vae.check.ppc import FEATURE_LABELS
 from pyro_vae.data import SPLITS
 from pyro_vae.rundir import RunDirectory
 from pyro_vae.runs import evaluate_run, load_run, ppc_run, sample_run
@@ -20,14 +21,18 @@ def add_parsers(sub: Any) -> None:
         "evaluate",
         help="importance-sampled log-likelihood, ELBO and latent diagnostics of a run",
         description="Evaluate a trained run: test ELBO, IS NLL ± s.e. (Burda et al., 2015), "
-        "KL, active units and bits/dim (discrete likelihoods). Writes evaluation.json.",
+        "KL, active units, and for discrete likelihoods bits/dim (images) or the NLL per "
+        "feature in nats (tables, counts). Writes evaluation.json.",
         **fmt,
     )
     p = sub.add_parser(
         "ppc",
         help="posterior and prior predictive checks of a run (ArviZ)",
         description="Posterior and prior predictive checks. Writes ppc.nc (ArviZ "
-        "InferenceData, netCDF), ppc.json (Bayesian p-values) and ArviZ plots as PNG.",
+        "InferenceData, netCDF), ppc.json (Bayesian p-values) and ArviZ plots as PNG. "
+        "Images: mean intensity, ink per image and pixel marginals. Tables and counts: "
+        "per-feature mean, variance, fraction of zeros, dispersion index (variance / mean) "
+        "and largest value, with ppc_features.csv holding every feature's p-values.",
         **fmt,
     )
     s = sub.add_parser(
@@ -101,6 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{report['nll']:.2f} ± " + ("n/a" if se is None else f"{se:.2f}") + " nats",
         ),
         ("bits/dim", "n/a (continuous likelihood)" if bpd is None else f"{bpd:.4f}"),
+        *_per_feature_row(report),
         ("active units", f"{report['active_units']} / {report['latent_dim']}"),
         ("IS time", f"{report['seconds_log_likelihood']:.1f} s"),
         ("peak RSS", f"{report['peak_rss_mb']:.0f} MB"),
@@ -121,6 +127,9 @@ def run_ppc(args: argparse.Namespace) -> int:
     summary, paths = ppc_run(run, args.run_dir, batch_size=args.batch_size, **kw, **_common(args))
     for group in ("posterior_predictive", "prior_predictive"):
         g = summary[group]
+        if summary["data"] == "features":
+            _print_feature_checks(group, g, summary["num_features"])
+            continue
         print(
             f"{group}: p(mean intensity) = {g['p_mean_intensity']:.3f}; per-image ink p-values "
             f"outside [0.025, 0.975]: {g['ink_extreme_fraction']:.1%}; pixel marginals "
@@ -129,6 +138,29 @@ def run_ppc(args: argparse.Namespace) -> int:
     out = RunDirectory.open(args.run_dir, "read").write_json("ppc.json", summary)
     print(f"wrote {out}, " + ", ".join(Path(p).name for p in paths))
     return 0
+
+
+def _print_feature_checks(group: str, checks: dict[str, Any], num_features: int) -> None:
+    print(f"{group}: features with a p-value outside [0.025, 0.975], per statistic")
+    for name, c in checks.items():
+        label = FEATURE_LABELS.get(name, name)
+        if c["extreme_fraction"] is None:
+            print(f"  {label:<18} n/a (undefined for every feature)")
+            continue
+        defined = c["num_features"]
+        note = "" if defined == num_features else f"; defined for {defined} of {num_features}"
+        print(
+            f"  {label:<18} {c['extreme_fraction']:6.1%} of {defined} features "
+            f"(median p {c['p_median']:.3f}{note})"
+        )
+
+
+def _per_feature_row(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The NLL per feature, for discrete data that are not images."""
+    per_feature = report.get("nll_per_feature")
+    if per_feature is None or report.get("images"):
+        return []
+    return [("IS NLL per feature", f"{per_feature:.4f} nats ({report['num_features']} features)")]
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -62,7 +62,9 @@ def evaluate_run(
     seed: int = 0,
 ) -> dict[str, Any]:
     """:func:`~pyro_vae.check.evaluate.evaluate` on a split of a run, with the run's
-    facts (split, seed, time, memory, warnings raised) added to the report."""
+    facts (split, seed, time, memory, warnings raised) added to the report, and
+    ``images``: whether the data site holds images (bits/dim are then the usual figure;
+    for tables and counts ``nll_per_feature``, in nats)."""
     for name, value in (
         ("--num-samples", num_samples),
         ("--batch-size", batch_size),
@@ -82,6 +84,7 @@ def evaluate_run(
             batch_size=batch_size,
             particle_chunk=particle_chunk,
         )
+    report["images"] = viz_mod.is_image(report["data_shape"])
     report["split"] = split
     report["seed"] = seed
     report["wall_seconds"] = time.perf_counter() - started
@@ -104,7 +107,16 @@ def ppc_run(
     seed: int = 0,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Posterior and prior predictive checks of a run: writes ``ppc.nc`` and the ArviZ
-    plots to ``out_dir``; returns the summary of Bayesian p-values and the written paths."""
+    plots to ``out_dir``; returns the summary of Bayesian p-values and the written paths.
+
+    For images the statistics are the mean intensity, the ink per image and the pixel
+    marginals (:func:`~pyro_vae.check.ppc.save_ppc_plots`); for tables and counts they are
+    per feature (:func:`~pyro_vae.check.ppc.feature_checks`: mean, variance, fraction of
+    zeros, dispersion index, largest value), summarised per statistic as the fraction of
+    features with a p-value outside [0.025, 0.975], with the posterior table written to
+    ``ppc_features.csv`` and the plots of
+    :func:`~pyro_vae.check.ppc.save_feature_plots`. ``summary["data"]`` says which:
+    ``"images"`` or ``"features"``."""
     check_count("--num-samples", num_samples)
     check_count("--batch-size", batch_size)
     x, y = run_data(run, split, num_examples=num_examples, device=device, seed=seed)
@@ -113,8 +125,12 @@ def ppc_run(
     idata.extend(ppc_mod.prior_predictive(run.model, x, y, **kw))
     out = Path(out_dir)
     idata.to_netcdf(str(out / "ppc.nc"))
-    paths = [out / "ppc.nc", *ppc_mod.save_ppc_plots(idata, out)]
     summary: dict[str, Any] = {"num_examples": int(x.shape[0]), "num_samples": num_samples}
+    observed = next(iter(idata.observed_data.data_vars.values()))  # type: ignore[attr-defined]
+    if not viz_mod.is_image(observed.shape[1:]):
+        return _feature_summary(idata, out, summary)
+    summary["data"] = "images"
+    paths = [out / "ppc.nc", *ppc_mod.save_ppc_plots(idata, out)]
     for group in ("posterior_predictive", "prior_predictive"):
         mean_p = ppc_mod.bayesian_p_values(idata, ppc_mod.mean_intensity, group=group)
         ink_p = ppc_mod.bayesian_p_values(idata, ppc_mod.image_ink, group=group)
@@ -125,6 +141,22 @@ def ppc_run(
             "ink_p_median": float(ink_p.median()),
             "pixel_extreme_fraction": float(((pix_p < 0.025) | (pix_p > 0.975)).mean()),
         }
+    return summary, paths
+
+
+def _feature_summary(
+    idata: Any, out: Path, summary: dict[str, Any]
+) -> tuple[dict[str, Any], list[Path]]:
+    """The per-feature checks of tables and counts (see :func:`ppc_run`)."""
+    summary["data"] = "features"
+    paths = [out / "ppc.nc", out / "ppc_features.csv"]
+    for group in ("posterior_predictive", "prior_predictive"):
+        table = ppc_mod.feature_checks(idata, group=group)
+        if group == "posterior_predictive":
+            table.to_csv(paths[-1])
+            summary["num_features"] = len(table)
+        summary[group] = ppc_mod.feature_check_summary(table)
+    paths += ppc_mod.save_feature_plots(idata, out)
     return summary, paths
 
 

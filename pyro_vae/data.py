@@ -11,12 +11,20 @@ Sources:
 - MNIST and Fashion-MNIST IDX files (:func:`load_mnist`), downloaded by torchvision on
   request;
 - Larochelle's fixed binarized MNIST ``.amat`` files (:func:`load_binarized_mnist`);
-- generic arrays in ``.npy``, ``.npz`` or ``.pt`` files (:func:`load_tensor_file`).
+- the bundled UCI digits, a small count table (:func:`load_digits`);
+- generic arrays in ``.npy``, ``.npz`` or ``.pt`` files and tables in ``.csv`` files
+  (:func:`load_tensor_file`), with feature names where the file has them
+  (:class:`TableDataset`).
+
+:class:`Standardization` is the per-feature standardisation of a table (fitted on the
+training split) that the normal likelihood's runs use.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import os
 import zlib
 from collections.abc import Callable
@@ -26,11 +34,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 __all__ = [
+    "DIGITS_FEATURES",
     "DynamicBinarization",
+    "Standardization",
+    "TableDataset",
     "binarize",
+    "check_feature_names",
+    "feature_names_of",
     "load_binarized_mnist",
     "load_bundled_mnist",
     "load_digits",
@@ -215,37 +229,122 @@ def _parse_amat(path: Path, data: bytes) -> torch.Tensor:
     return torch.from_numpy(values).reshape(-1, 1, 28, 28)
 
 
-def load_tensor_file(path: str | os.PathLike) -> TensorDataset:
-    """Load generic data from ``.npy``, ``.npz`` or ``.pt``.
+class TableDataset(TensorDataset):
+    """A :class:`~torch.utils.data.TensorDataset` whose data columns have names.
+
+    :param tensors: ``x`` (one row per example) and optionally ``y``.
+    :param feature_names: one name per column of ``x`` (``x`` of shape ``(N, D)``), or
+        ``None``; checked by :func:`check_feature_names`.
+    """
+
+    def __init__(self, *tensors: torch.Tensor, feature_names: Any = None) -> None:
+        super().__init__(*tensors)
+        self.feature_names: tuple[str, ...] | None = None
+        if feature_names is not None:
+            self.feature_names = check_feature_names(feature_names, tuple(tensors[0].shape[1:]))
+
+    def subset(self, index: torch.Tensor | slice) -> TableDataset:
+        """The rows ``index`` of every tensor, with the same feature names."""
+        return TableDataset(*(t[index] for t in self.tensors), feature_names=self.feature_names)
+
+
+def feature_names_of(dataset: Any) -> tuple[str, ...] | None:
+    """The feature names a dataset carries (a :class:`TableDataset`), else ``None``."""
+    return getattr(dataset, "feature_names", None)
+
+
+def check_feature_names(
+    names: Any, item_shape: tuple[int, ...], source: str = ""
+) -> tuple[str, ...]:
+    """Return ``names`` as a tuple of strings if they can name the columns of data whose
+    items have shape ``item_shape`` (one non-empty, unique name per column of ``(N, D)``
+    data; no commas, quotes or line breaks, since the names head CSV files), else raise
+    :class:`ValueError` naming the problem."""
+    where = f"{source}: " if source else ""
+    if isinstance(names, np.ndarray):
+        if names.dtype.kind not in "US" or names.ndim != 1:
+            raise ValueError(
+                f"{where}feature_names must be a 1-D array of strings, got {names.dtype} "
+                f"of shape {names.shape}."
+            )
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where}feature_names must be a sequence of strings.")
+    names = tuple(names)
+    if len(item_shape) != 1:
+        raise ValueError(
+            f"{where}feature names name the columns of a table, but the items have shape "
+            f"{item_shape}; store x as an (N, D) array or drop the names."
+        )
+    if len(names) != item_shape[0]:
+        raise ValueError(
+            f"{where}{len(names)} feature names for {item_shape[0]} columns; give one name "
+            "per column."
+        )
+    for name in names:
+        if not name.strip() or any(c in name for c in ',"\n\r'):
+            raise ValueError(
+                f"{where}feature name {name!r} is empty or holds a comma, a quote or a line "
+                "break; the names head CSV files, so rename the column."
+            )
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{where}feature name {name!r} occurs twice; names must be unique.")
+        seen.add(name)
+    return names
+
+
+def load_tensor_file(path: str | os.PathLike) -> TableDataset:
+    """Load generic data from ``.npy``, ``.npz``, ``.pt`` or ``.csv`` (``.csv.gz``).
 
     - ``.npy``: one array, the data ``x``.
-    - ``.npz``: arrays ``x`` and optionally ``y``; a file with a single array uses it as ``x``.
-    - ``.pt``: a tensor, or a dict with ``"x"`` and optionally ``"y"``, loaded with
-      ``torch.load(weights_only=True)`` (no code from the file is executed).
+    - ``.npz``: arrays ``x``, optionally ``y`` and ``feature_names`` (strings, one per
+      column of ``x``); a file with a single data array uses it as ``x``.
+    - ``.pt``: a tensor, or a dict with ``"x"`` and optionally ``"y"`` and
+      ``"feature_names"`` (a list of strings), loaded with ``torch.load(weights_only=True)``
+      (no code from the file is executed).
+    - ``.csv``: a table, one example per line, every column a feature (no labels), comma
+      separated. The first line is a **header** of feature names when at least one of its
+      fields is not a number, and data otherwise; so a header made only of numbers
+      (``1990,1991``) is read as a row of data: name such columns with a letter, or use
+      ``.npz`` with ``feature_names``. Values written as whole numbers without a decimal
+      point or exponent in every cell (``0,3,12``) are read as ``int64`` counts; any other
+      number makes the whole table ``float32``.
 
-    :returns: ``TensorDataset(x)`` or ``TensorDataset(x, y)``. Floating-point arrays become
-        float32 (the dtype of the models' parameters; NumPy's default is float64), integer
-        and boolean arrays keep their dtype.
-    :raises ValueError: for a missing or unreadable file, or arrays that are not numbers
-        with one row per example.
+    :returns: a :class:`TableDataset` of ``(x,)`` or ``(x, y)``, with the feature names
+        the file holds (else ``None``). Floating-point arrays become float32 (the dtype
+        of the models' parameters; NumPy's default is float64), integer and boolean
+        arrays keep their dtype.
+    :raises ValueError: for a missing or unreadable file, arrays that are not numbers
+        with one row per example, or feature names that do not fit the columns.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Data file {path} does not exist.")
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
     suffix = path.suffix.lower()
+    if suffixes[-2:] == [".csv", ".gz"] or suffix == ".csv":
+        x, csv_names = _read_csv(path)
+        return TableDataset(_as_tensor(path, "x", x), feature_names=csv_names)
+    names: Any = None
     try:
         if suffix == ".npy":
             arrays = {"x": np.load(path, allow_pickle=False)}
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
+            names = arrays.pop("feature_names", None)
             if "x" not in arrays and len(arrays) == 1:
                 arrays = {"x": next(iter(arrays.values()))}
         elif suffix == ".pt":
             obj = torch.load(path, map_location="cpu", weights_only=True)
             arrays = {"x": obj} if isinstance(obj, torch.Tensor) else obj
+            if isinstance(arrays, dict):
+                arrays = dict(arrays)
+                names = arrays.pop("feature_names", None)
         else:
-            raise ValueError(f"Unsupported data file {path}: use .npy, .npz or .pt.")
+            raise ValueError(f"Unsupported data file {path}: use .npy, .npz, .pt or .csv.")
     except ValueError:
         raise
     except Exception as e:  # zipfile.BadZipFile, pickle errors, EOFError, OSError ...
@@ -258,7 +357,63 @@ def load_tensor_file(path: str | os.PathLike) -> TensorDataset:
         if y.shape[0] != tensors[0].shape[0]:
             raise ValueError(f"{path}: x has {tensors[0].shape[0]} rows but y has {y.shape[0]}.")
         tensors.append(y)
-    return TensorDataset(*tensors)
+    if names is not None:
+        names = check_feature_names(names, tuple(tensors[0].shape[1:]), str(path))
+    return TableDataset(*tensors, feature_names=names)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """The values and the header (if any) of a CSV table; see :func:`load_tensor_file`."""
+    try:
+        text = _read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file; save the table as CSV.") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(f.strip() for f in r)]
+    if not rows:
+        raise ValueError(f"{path} holds no rows.")
+    first = [f.strip() for f in rows[0]]
+    names = None
+    if not all(_is_number(f) for f in first):
+        names = check_feature_names(first, (len(first),), str(path))
+        rows = rows[1:]
+        if not rows:
+            raise ValueError(f"{path} has a header but no rows of data.")
+    width = len(first)
+    start = 2 if names is not None else 1
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise ValueError(
+                f"{path}, line {start + i}: {len(row)} fields where the first line has "
+                f"{width}; every row needs one value per column."
+            )
+    cells = np.char.strip(np.array(rows, dtype=str))
+    whole = np.char.isdigit(np.char.lstrip(cells, "+-"))
+    try:
+        values = cells.astype(np.float64)
+    except ValueError:
+        bad = next((r, c) for r, c in np.argwhere(~whole) if not _is_number(str(cells[r, c])))
+        raise ValueError(
+            f"{path}, line {start + int(bad[0])}, column {int(bad[1]) + 1}: "
+            f"{str(cells[bad[0], bad[1]])!r} is not a number; a data file holds numbers only "
+            "(drop label or text columns)."
+        ) from None
+    if not np.isfinite(values).all():
+        r, c = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(
+            f"{path}, line {start + int(r)}, column {int(c) + 1}: {str(cells[r, c])!r} is not a "
+            "finite number; remove or impute missing values."
+        )
+    if whole.all():
+        return values.astype(np.int64), names
+    return values, names
 
 
 def _as_tensor(path: Path, name: str, value: object) -> torch.Tensor:
@@ -300,15 +455,16 @@ def load_bundled_mnist() -> dict[str, TensorDataset]:
     return {k: TensorDataset(x[a:b], y[a:b]) for k, (a, b) in bounds.items()}
 
 
-def load_digits() -> dict[str, TensorDataset]:
+def load_digits() -> dict[str, TableDataset]:
     """The bundled UCI optical handwritten digits (1,797 examples, CC BY 4.0, see
     ``pyro_vae/datasets/README.md``): 64 counts per example, the number of ink pixels in
     each 4×4 block of a 32×32 bitmap, so whole numbers in ``0..16`` (naturally
     Binomial(16)), with the digit as label.
 
     :returns: ``{"train", "valid", "test"}`` splits of 1,437 / 180 / 180 examples (a fixed
-        shuffle), as ``TensorDataset(x, y)`` with integer ``x`` of shape ``(N, 64)``
-        (features ``r{row}c{col}``, see :data:`DIGITS_FEATURES`) and labels ``y``.
+        shuffle), as :class:`TableDataset` ``(x, y)`` with integer ``x`` of shape
+        ``(N, 64)``, labels ``y`` and the feature names ``r{row}c{col}``
+        (:data:`DIGITS_FEATURES`).
     """
     with resources.as_file(resources.files("pyro_vae") / "datasets" / "uci-digits.csv.gz") as p:
         table = np.loadtxt(p, delimiter=",", dtype=np.int64)
@@ -316,7 +472,10 @@ def load_digits() -> dict[str, TensorDataset]:
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
     x, y = x[order], y[order]
     bounds = {"train": (0, 1437), "valid": (1437, 1617), "test": (1617, 1797)}
-    return {k: TensorDataset(x[a:b], y[a:b]) for k, (a, b) in bounds.items()}
+    return {
+        k: TableDataset(x[a:b], y[a:b], feature_names=DIGITS_FEATURES)
+        for k, (a, b) in bounds.items()
+    }
 
 
 #: the feature names of :func:`load_digits`: row and column of the 4×4 block
@@ -386,3 +545,58 @@ class DynamicBinarization:
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Standardization(nn.Module):
+    r"""Per-feature standardisation :math:`u = (x - m) / s` and its inverse
+    :math:`x = m + s\,u`, with :math:`m` and :math:`s` the mean and the standard deviation
+    (divisor :math:`N`) of each feature over the **training** split alone, then applied
+    unchanged to every split and to everything the model generates.
+
+    A feature that is constant in the training split (:math:`s = 0`) keeps :math:`s = 1`,
+    so it is only shifted. ``loc`` and ``scale`` are buffers: they travel with the model's
+    state (checkpoints) and its device.
+
+    :param loc: :math:`m`, shape of one item.
+    :param scale: :math:`s > 0`, the same shape.
+    """
+
+    loc: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        loc = torch.as_tensor(loc, dtype=torch.float32)
+        scale = torch.as_tensor(scale, dtype=torch.float32)
+        if loc.shape != scale.shape:
+            raise ValueError(f"loc has shape {tuple(loc.shape)} but scale {tuple(scale.shape)}.")
+        if not bool(torch.isfinite(loc).all()) or not bool((scale > 0).all()):
+            raise ValueError("Standardization needs finite loc and scale > 0.")
+        self.register_buffer("loc", loc)
+        self.register_buffer("scale", scale)
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> Standardization:
+        """The standardisation of the training data ``x`` (one row per example)."""
+        if x.shape[0] < 2:
+            raise ValueError(
+                f"Standardisation needs at least 2 training examples, got {x.shape[0]}."
+            )
+        values = x.double()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                "The training data hold NaN or infinite values; remove or impute them "
+                "before standardising."
+            )
+        loc = values.mean(0)
+        scale = values.std(0, correction=0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return cls(loc.float(), scale.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise: :math:`(x - m) / s`."""
+        return (x - self.loc) / self.scale
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        r"""Back to the data's units: :math:`m + s\,u`."""
+        return self.loc + self.scale * u

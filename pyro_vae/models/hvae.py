@@ -170,7 +170,7 @@ class HierarchicalVAE(LikelihoodData, PyroModule):
         with pyro.plate("data", n, device=batch_device(self, x, None)):  # type: ignore[arg-type]
             z2 = pyro.sample("z2", self.prior.dist())
             z1 = pyro.sample("z1", self.transition.dist(z2))
-            return pyro.sample("x", self.likelihood.dist(z1), obs=x)
+            return pyro.sample("x", self.likelihood_dist(z1, None, x), obs=x)
 
     def guide(
         self,

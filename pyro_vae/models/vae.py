@@ -61,6 +61,17 @@ class LikelihoodData:
         if check is not None:
             check(x)
 
+    def likelihood_dist(
+        self, z: torch.Tensor, y: torch.Tensor | None, x: torch.Tensor | None
+    ) -> Any:
+        r""":math:`p(x \mid z)` from the likelihood part; a likelihood that reads a
+        covariate of the data (``library_size``, see
+        :class:`~pyro_vae.parts.likelihoods.CountLikelihood`) also gets the data ``x`` the
+        model was called with (``None`` when it generates)."""
+        if getattr(self.likelihood, "library_size", False):
+            return self.likelihood.dist(z, y, x)
+        return self.likelihood.dist(z, y)
+
 
 class VAE(LikelihoodData, PyroModule):
     r"""A variational autoencoder whose parts are plug-ins.
@@ -129,7 +140,7 @@ class VAE(LikelihoodData, PyroModule):
             device=batch_device(self, x, y),  # type: ignore[arg-type]
         ):
             z = pyro.sample("z", self.prior.dist(y))
-            return pyro.sample("x", self.likelihood.dist(z, y), obs=x)
+            return pyro.sample("x", self.likelihood_dist(z, y, x), obs=x)
 
     def guide(
         self,

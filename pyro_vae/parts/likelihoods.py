@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from pyro import distributions as dist
@@ -22,15 +22,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_vae._checks import check_latent_dim
+from pyro_vae.data import Standardization
 from pyro_vae.parts.conditional import call_net
 from pyro_vae.parts.distributions import DiscretizedLogistic, IndependentBernoulli
 from pyro_vae.parts.nn import MLP, ConvDecoder
 from pyro_vae.parts.registry import BuildSpec, Option, Part
 
 __all__ = [
+    "LIBRARY_SIZE",
+    "NUM_LIBRARY_PERCENTILES",
     "BernoulliLikelihood",
     "BinomialLikelihood",
     "ContinuousBernoulliLikelihood",
+    "CountLikelihood",
     "DiscretizedLogisticLikelihood",
     "Likelihood",
     "NegativeBinomialLikelihood",
@@ -38,6 +42,8 @@ __all__ = [
     "PoissonLikelihood",
     "ZeroInflatedNegativeBinomialLikelihood",
     "bits_per_dim",
+    "library_size_percentiles",
+    "library_sizes",
 ]
 
 
@@ -52,6 +58,9 @@ class Likelihood(Part, PyroModule):
     kind = "likelihood"
     #: whether the data are discrete, so that -log p(x) is a code length (bits/dim apply)
     discrete = False
+    #: whether ``dist`` reads the library size of the data ``x`` (:class:`CountLikelihood`);
+    #: models pass ``x`` to ``dist`` for such likelihoods
+    library_size = False
 
     def __init__(self, decoder: nn.Module, x_shape: Sequence[int]) -> None:
         super().__init__()
@@ -66,16 +75,32 @@ class Likelihood(Part, PyroModule):
     def make_dist(self, params: torch.Tensor) -> dist.Distribution:
         raise NotImplementedError
 
-    def dist(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
-        r"""The distribution :math:`p(x \mid z)`, with event shape ``x_shape``."""
+    def dist(
+        self, z: torch.Tensor, y: torch.Tensor | None = None, x: torch.Tensor | None = None
+    ) -> dist.Distribution:
+        r"""The distribution :math:`p(x \mid z)`, with event shape ``x_shape``.
+
+        :param z: latent codes ``(*batch, latent_dim)``.
+        :param y: labels, for a conditional decoder.
+        :param x: the data the model was called with (observed, or replaced by draws in a
+            predictive check), ``None`` when it generates. Only a likelihood that reads a
+            covariate of the data (``library_size``, see :class:`CountLikelihood`) uses
+            it; a model passes it to those alone.
+        """
         return self.make_dist(self(z, y))
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`ValueError` with the fix if ``x`` cannot be scored by this likelihood."""
         if not torch.is_floating_point(x):
+            kind = "integers" if x.dtype != torch.bool else "booleans"
             raise ValueError(
-                f"{type(self).__name__} needs floating-point data, got dtype {x.dtype}; "
-                "convert with x.float() (and scale 8-bit pixels to [0, 1] with x / 255)."
+                f"{type(self).__name__} models real values and needs floating-point data, "
+                f"but the data are {kind} (dtype {x.dtype}). For counts choose a count "
+                "likelihood (--likelihood poisson, negbin, zinb, or binomial --trials N); "
+                "for measurements convert "
+                "them to floats (x.float() in Python; in a data file, store float32 values "
+                "or write the CSV values with a decimal point); scale 8-bit pixels to "
+                "[0, 1] with x / 255."
             )
 
     @classmethod
@@ -157,7 +182,11 @@ class BernoulliLikelihood(Likelihood):
         return IndependentBernoulli(dist.Bernoulli(logits=logits), len(self.x_shape))
 
     def check_data(self, x: torch.Tensor) -> None:
-        super().check_data(x)
+        if not torch.is_floating_point(x):
+            raise ValueError(
+                f"BernoulliLikelihood needs floating-point 0/1 data, got dtype {x.dtype}; "
+                "convert with x.float() (in a data file, store float32 values)."
+            )
         bad = (x != 0) & (x != 1)
         if bad.any():
             example = x[bad].flatten()[0].item()
@@ -191,21 +220,52 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
 
 class NormalLikelihood(Likelihood):
-    r"""Gaussian pixels :math:`p(x \mid z) = \mathcal{N}(x;\ f(z),\ \sigma^2)`.
+    r"""Gaussian pixels or features :math:`p(x \mid z) = \mathcal{N}(x;\ f(z),\ \sigma^2)`.
+
+    With a :class:`~pyro_vae.data.Standardization` (:meth:`standardize`; ``pyro-vae train``
+    does it for tables), the networks work in standardised units and the density is that
+    of the data in their own units:
+
+    .. math::
+
+        p(x \mid z) = \mathcal{N}\big(x;\ m + s\,f(z),\ (s\,\sigma)^2\big)
+        = \prod_i \frac{1}{s_i}\,\mathcal{N}\big((x_i - m_i) / s_i;\ f(z)_i,\ \sigma_i^2\big),
+
+    so :math:`\sigma` is in standard deviations of each feature, log-likelihoods stay in
+    nats of the data as given, and means and draws come out in the data's units.
 
     :param decoder: network producing the mean.
     :param x_shape: shape of one data item.
     :param scale: the standard deviation :math:`\sigma` (its initial value when learned).
     :param learn_scale: if true, :math:`\sigma` is a learned per-element parameter of shape
         ``x_shape``; otherwise it is fixed.
+    :param min_scale: the floor of a learned :math:`\sigma` (in standardised units when
+        standardised): a feature the decoder can predict exactly (a constant column, the
+        blank border of images) would otherwise shrink its scale to 0 and its density
+        without bound.
     """
 
     part_name = "normal"
     summary = "Gaussian with a fixed or learned --scale"
     options = (
-        Option("scale", float, 0.1, "standard deviation of the normal likelihood", positive=True),
-        Option("learn_scale", bool, False, "learn a per-element scale (normal likelihood)"),
+        Option(
+            "scale",
+            float,
+            0.1,
+            "standard deviation of the normal likelihood, fixed unless --learn-scale (then "
+            "its start); on data that are not images, leaving --scale out learns a scale per "
+            "feature starting at 1 (standard deviation of the standardised data)",
+            positive=True,
+        ),
+        Option(
+            "learn_scale",
+            bool,
+            False,
+            "learn a per-element scale (normal likelihood); the default on data that are not "
+            "images unless --scale is given",
+        ),
     )
+    standardization: Standardization | None
 
     @classmethod
     def config_kwargs(cls, spec: BuildSpec) -> dict[str, Any]:
@@ -217,19 +277,42 @@ class NormalLikelihood(Likelihood):
         x_shape: Sequence[int],
         scale: float = 1.0,
         learn_scale: bool = False,
+        min_scale: float = 1e-3,
     ) -> None:
         super().__init__(decoder, x_shape)
         if not scale > 0:
             raise ValueError(f"NormalLikelihood scale must be > 0, got {scale!r}.")
+        if not min_scale >= 0:
+            raise ValueError(f"NormalLikelihood min_scale must be >= 0, got {min_scale!r}.")
         self.learn_scale = bool(learn_scale)
+        self.min_scale = float(min_scale)
         init = torch.full(self.x_shape, float(scale))
         if self.learn_scale:
             self.scale = PyroParam(init, constraint=constraints.positive)
         else:
             self.register_buffer("scale", init)
+        self.standardization = None
+
+    def standardize(self, standardization: Standardization) -> NormalLikelihood:
+        r"""Let the decoder work in the standardised units of ``standardization`` (fitted on
+        the training split): the mean is :math:`m + s\,f(z)` and the standard deviation
+        :math:`s\,\sigma`; see the class docstring. Returns ``self``."""
+        if tuple(standardization.loc.shape) != self.x_shape:
+            raise ValueError(
+                f"The standardisation has shape {tuple(standardization.loc.shape)} but the "
+                f"data items {self.x_shape}."
+            )
+        self.standardization = standardization
+        return self
 
     def make_dist(self, loc: torch.Tensor) -> dist.Distribution:
-        return dist.Normal(loc, self.scale).to_event(len(self.x_shape))  # type: ignore[arg-type]
+        scale = cast(torch.Tensor, self.scale)
+        if self.learn_scale:
+            scale = scale.clamp_min(self.min_scale)
+        if self.standardization is not None:
+            s = self.standardization.scale
+            loc, scale = self.standardization.inverse(loc), s * scale
+        return dist.Normal(loc, scale).to_event(len(self.x_shape))
 
 
 class DiscretizedLogisticLikelihood(Likelihood):
@@ -324,27 +407,215 @@ def check_counts(name: str, x: torch.Tensor, upper: int | None = None) -> None:
         )
 
 
-class PoissonLikelihood(Likelihood):
+#: the number of percentiles (0, 1, ..., 100 %) that summarise the training library sizes
+NUM_LIBRARY_PERCENTILES = 101
+
+LIBRARY_SIZE = Option(
+    "library_size",
+    bool,
+    False,
+    "use each example's total count (its library size) as an offset, as in scVI: the "
+    "decoder gives per-feature proportions (a softmax) and the mean is library size x "
+    "proportion; log p(x) is then conditional on the library size",
+)
+
+
+def library_sizes(x: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """The library size of each example of ``x``: the sum of its counts over the last
+    ``event_dim`` dimensions (the item), as floating point."""
+    sizes = x.sum(dim=tuple(range(-event_dim, 0)))
+    return sizes if torch.is_floating_point(sizes) else sizes.to(torch.get_default_dtype())
+
+
+def library_size_percentiles(x: torch.Tensor, event_dim: int) -> torch.Tensor:
+    r"""The percentiles :math:`0, 1, \dots, 100\,\%` of the library sizes of the examples
+    of ``x`` (linear interpolation between order statistics): the summary of the training
+    library sizes that :class:`CountLikelihood` keeps to draw library sizes when it
+    generates without data.
+
+    :raises ValueError: when an example's counts are all 0 (library size 0).
+    """
+    sizes = library_sizes(x, event_dim).double().flatten()
+    if sizes.numel() == 0:
+        raise ValueError("Library sizes need at least one example.")
+    _check_library_sizes(sizes)
+    ordered = sizes.sort().values
+    position = torch.linspace(0, ordered.numel() - 1, NUM_LIBRARY_PERCENTILES, dtype=torch.float64)
+    low = position.floor().long()
+    high = position.ceil().long()
+    frac = position - low
+    return (ordered[low] + frac * (ordered[high] - ordered[low])).float()
+
+
+def _check_library_sizes(sizes: torch.Tensor) -> None:
+    if bool((sizes <= 0).any()):
+        count = int((sizes <= 0).sum())
+        raise ValueError(
+            f"{count} example(s) have no counts at all (library size 0); with "
+            "--library-size (library_size=True) every example needs a positive total. Drop "
+            "the empty rows, or train without --library-size."
+        )
+
+
+class CountLikelihood(Likelihood):
+    r"""Base class of the count likelihoods whose mean can take the **library size** as an
+    offset (``library_size=True``, ``--library-size`` on the command line), as scVI does
+    with the observed library size (Lopez et al., 2018).
+
+    The library size of an example is its total count, :math:`\ell = \sum_i x_i`. With the
+    offset, the decoder's outputs :math:`f(z)` become per-feature proportions
+    :math:`\rho(z) = \mathrm{softmax}(f(z))` (summing to 1 over the features) and the mean
+    of feature :math:`i` is :math:`\mu_i = \ell\,\rho_i(z)`: the latent code describes the
+    *composition* of an example and :math:`\ell` its depth, so examples that differ only in
+    their total (sequencing depth, document length) share a code.
+
+    - **Scoring** (training, evaluation, importance-sampled :math:`\log p(x)`): :math:`\ell`
+      is read from the observed ``x``, an observed covariate, so every density is
+      conditional on it: :math:`p(x \mid z, \ell)` and the estimated
+      :math:`\log p(x \mid \ell) = \log \int p(z)\, p(x \mid z, \ell)\, dz`. Like scVI's, the
+      model does not force the counts to add up to :math:`\ell`; it is an offset of the
+      mean, not a constraint.
+    - **Given data** (the model called with ``x``: posterior and prior predictive checks,
+      rows generated with data rows as templates), each example keeps its observed
+      :math:`\ell`, and replicates :math:`x^{\mathrm{rep}} \sim p(x \mid z, \ell)`.
+    - **Without data** (``model(x=None, num_samples=n)``), each example's :math:`\ell` is
+      drawn from the **empirical distribution of the training library sizes**, stored as
+      their 101 percentiles (:func:`library_size_percentiles`, in the buffer
+      ``library_percentiles``, which checkpoints carry): a uniform draw on the percentile
+      scale, interpolated linearly. The empirical distribution, not a log-normal fitted to
+      it: it needs no assumption about the shape of the totals (bounded, multimodal or
+      skewed), and 101 numbers reproduce it to within a percentile. Fill it with
+      :meth:`fit_library_sizes` (``pyro-vae train`` does it from the training split and
+      keeps the percentiles in ``config.json``).
+
+    Examples whose counts are all zero have no composition and are refused by
+    :meth:`check_data` when the offset is on.
+
+    :param decoder: network producing the log-means (or, with the offset, the logits of
+        the proportions).
+    :param x_shape: shape of one data item.
+    :param library_size: use the library size as an offset.
+    """
+
+    discrete = True
+    options = (LIBRARY_SIZE,)
+    #: where the decoder's output holds the log-means: ``None`` for the whole output, or an
+    #: index along the dimension before the item's (a stacked output such as the zinb's)
+    mean_channel: ClassVar[int | None] = None
+    library_percentiles: torch.Tensor
+
+    def __init__(
+        self, decoder: nn.Module, x_shape: Sequence[int], library_size: bool = False
+    ) -> None:
+        super().__init__(decoder, x_shape)
+        if not isinstance(library_size, bool):
+            raise ValueError(f"library_size must be True or False, got {library_size!r}.")
+        self.library_size = library_size
+        if library_size:
+            empty = torch.full((NUM_LIBRARY_PERCENTILES,), math.nan)
+            self.register_buffer("library_percentiles", empty)
+
+    @classmethod
+    def config_kwargs(cls, spec: BuildSpec) -> dict[str, Any]:
+        return {"library_size": spec.option("library_size")}
+
+    def fit_library_sizes(self, x: torch.Tensor) -> torch.Tensor:
+        """Store the percentiles of the library sizes of the training data ``x`` (drawn
+        from when the model generates without data); returns them."""
+        self._need_library_size("fit_library_sizes")
+        return self.set_library_percentiles(library_size_percentiles(x, len(self.x_shape)))
+
+    def set_library_percentiles(self, percentiles: torch.Tensor | Sequence[float]) -> torch.Tensor:
+        """Store the 101 percentiles of the training library sizes (as
+        :func:`library_size_percentiles` computes them); returns the stored tensor."""
+        self._need_library_size("set_library_percentiles")
+        values = torch.as_tensor(percentiles, dtype=torch.float32).flatten()
+        if values.numel() != NUM_LIBRARY_PERCENTILES:
+            raise ValueError(
+                f"Library-size percentiles must be {NUM_LIBRARY_PERCENTILES} numbers (0, 1, "
+                f"..., 100 %), got {values.numel()}."
+            )
+        if not bool(torch.isfinite(values).all()) or bool((values[1:] < values[:-1]).any()):
+            raise ValueError("Library-size percentiles must be finite and non-decreasing.")
+        _check_library_sizes(values)
+        self.library_percentiles.copy_(values)
+        return self.library_percentiles
+
+    def sample_library_sizes(self, shape: Sequence[int]) -> torch.Tensor:
+        """Library sizes of ``shape`` drawn from the stored training distribution (a
+        uniform draw on the percentile scale, interpolated between percentiles)."""
+        self._need_library_size("sample_library_sizes")
+        p = self.library_percentiles
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(
+                f"{type(self).__name__} with library_size=True generates without data, so "
+                "it draws each example's library size from the training library sizes, but "
+                "none are stored: call likelihood.fit_library_sizes(x_train) first "
+                "(pyro-vae train stores those of the training split), or pass data x."
+            )
+        u = torch.rand(tuple(shape), device=p.device, dtype=p.dtype) * (p.numel() - 1)
+        low = u.floor().long().clamp(max=p.numel() - 2)
+        return p[low] + (u - low) * (p[low + 1] - p[low])
+
+    def _need_library_size(self, what: str) -> None:
+        if not self.library_size:
+            raise ValueError(f"{what} needs a likelihood built with library_size=True.")
+
+    def dist(
+        self, z: torch.Tensor, y: torch.Tensor | None = None, x: torch.Tensor | None = None
+    ) -> dist.Distribution:
+        r"""The distribution :math:`p(x \mid z)`, with event shape ``x_shape``; with the
+        library-size offset, :math:`p(x \mid z, \ell)` with :math:`\ell` read from ``x``,
+        or drawn from the training library sizes when ``x`` is ``None`` (see the class
+        docstring)."""
+        params = self(z, y)
+        if self.library_size:
+            params = self._offset(params, x)
+        return self.make_dist(params)
+
+    def _offset(self, params: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        r"""The decoder's output with its log-means replaced by
+        :math:`\log \ell + \log \mathrm{softmax}(f(z))`."""
+        n = len(self.x_shape)
+        channel = self.mean_channel
+        logits = params if channel is None else params.select(-n - 1, channel)
+        batch = logits.shape[: logits.dim() - n]
+        log_prop = logits.reshape(*batch, -1).log_softmax(-1).reshape(logits.shape)
+        sizes = library_sizes(x, n) if x is not None else self.sample_library_sizes(batch)
+        tiny = torch.finfo(log_prop.dtype).tiny
+        log_size = sizes.to(log_prop).clamp_min(tiny).log()
+        log_mean = log_prop + log_size.reshape(*log_size.shape, *(1,) * n)
+        if channel is None:
+            return log_mean
+        parts = list(params.unbind(-n - 1))
+        parts[channel] = log_mean
+        shape = torch.broadcast_shapes(*(p.shape for p in parts))
+        return torch.stack([p.expand(shape) for p in parts], dim=-n - 1)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        check_counts(type(self).__name__, x)
+        if self.library_size and x.numel():
+            _check_library_sizes(library_sizes(x, len(self.x_shape)))
+
+
+class PoissonLikelihood(CountLikelihood):
     r"""Independent Poisson counts, :math:`p(x \mid z) = \prod_i \mathrm{Poisson}(x_i;\
     \lambda_i)` with :math:`\log \lambda = f(z)`: the decoder outputs log-rates. For count
     data (events, words, reads) whose variance is close to their mean; overdispersed counts
-    want :class:`NegativeBinomialLikelihood`.
+    want :class:`NegativeBinomialLikelihood`. With ``library_size=True`` the rate is
+    :math:`\lambda = \ell\,\mathrm{softmax}(f(z))` (:class:`CountLikelihood`).
 
     Counts may be integer tensors or floats holding whole numbers; anything else is refused.
     """
 
     part_name = "poisson"
     summary = "Poisson counts with a log-rate decoder"
-    discrete = True
 
     def make_dist(self, log_rate: torch.Tensor) -> dist.Distribution:
         return dist.Poisson(log_rate.clamp(max=30.0).exp()).to_event(len(self.x_shape))
 
-    def check_data(self, x: torch.Tensor) -> None:
-        check_counts(type(self).__name__, x)
 
-
-class NegativeBinomialLikelihood(Likelihood):
+class NegativeBinomialLikelihood(CountLikelihood):
     r"""Independent negative binomial counts with mean :math:`\mu = \exp f(z)` and a
     learned dispersion :math:`\theta_i > 0` per feature:
 
@@ -356,21 +627,26 @@ class NegativeBinomialLikelihood(Likelihood):
         \qquad \mathrm{Var}(x_i) = \mu_i + \mu_i^2 / \theta_i,
 
     the Gamma-Poisson mixture of scVI: overdispersed counts, Poisson as
-    :math:`\theta \to \infty`.
+    :math:`\theta \to \infty`. With ``library_size=True`` the mean is
+    :math:`\mu = \ell\,\mathrm{softmax}(f(z))` (:class:`CountLikelihood`).
 
     :param decoder: network producing the log-means, shape ``(*batch, *x_shape)``.
     :param x_shape: shape of one data item.
     :param init_dispersion: the initial :math:`\theta` of every feature.
+    :param library_size: use the library size as an offset.
     """
 
     part_name = "negbin"
     summary = "negative binomial counts with a learned dispersion per feature"
-    discrete = True
 
     def __init__(
-        self, decoder: nn.Module, x_shape: Sequence[int], init_dispersion: float = 1.0
+        self,
+        decoder: nn.Module,
+        x_shape: Sequence[int],
+        init_dispersion: float = 1.0,
+        library_size: bool = False,
     ) -> None:
-        super().__init__(decoder, x_shape)
+        super().__init__(decoder, x_shape, library_size=library_size)
         if not init_dispersion > 0:
             raise ValueError(f"init_dispersion must be > 0, got {init_dispersion!r}.")
         init = torch.full(self.x_shape, float(init_dispersion))
@@ -384,9 +660,6 @@ class NegativeBinomialLikelihood(Likelihood):
         nb = dist.NegativeBinomial(total_count=self.dispersion, logits=self._nb_logits(log_mean))
         return nb.to_event(len(self.x_shape))
 
-    def check_data(self, x: torch.Tensor) -> None:
-        check_counts(type(self).__name__, x)
-
 
 class ZeroInflatedNegativeBinomialLikelihood(NegativeBinomialLikelihood):
     r"""A negative binomial whose zeros are inflated: with probability
@@ -398,11 +671,15 @@ class ZeroInflatedNegativeBinomialLikelihood(NegativeBinomialLikelihood):
         p(x \mid z) = (1 - \pi)\,\mathrm{NB}(x) \quad (x > 0).
 
     The decoder outputs two numbers per feature, the log-mean and the gate logit, so
-    ``mlp`` and ``conv`` build decoders with output shape ``(2, *x_shape)``.
+    ``mlp`` and ``conv`` build decoders with output shape ``(2, *x_shape)``. With
+    ``library_size=True`` the negative binomial's mean is
+    :math:`\mu = \ell\,\mathrm{softmax}(f(z))` (:class:`CountLikelihood`); the gate is
+    unchanged.
     """
 
     part_name = "zinb"
     summary = "zero-inflated negative binomial counts (learned dispersion and gate)"
+    mean_channel = 0
 
     @classmethod
     def decoder_shape(cls, x_shape: Sequence[int]) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.parts import part_options, registered
 from pyro_vae.parts.registry import option_users
 from pyro_vae.runs import DATASETS, RunConfig, resume_config, train_run
-from pyro_vae.runs.config import BINARIZATIONS, NETWORKS
+from pyro_vae.runs.config import BINARIZATIONS, DERIVED_FIELDS, NETWORKS
 from pyro_vae.train.schedule import SCHEDULES
 from pyro_vae.train.tracking import INSTALL, TRACKERS
 
@@ -58,7 +58,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "IDX files in --data-dir; binarized-mnist: Larochelle's .amat files; file: --data-file",
     )
     opt("--data-dir", default=None, help="folder holding the dataset files")
-    opt("--data-file", default=None, help=".npy/.npz/.pt file for --dataset file")
+    opt(
+        "--data-file",
+        default=None,
+        help="data for --dataset file: .npy, .npz (x, optional y and feature_names), .pt, or "
+        ".csv (one example per line; the first line is a header of feature names when one "
+        "of its fields is not a number; whole numbers without a decimal point are read as "
+        "integer counts)",
+    )
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="standardise each feature with the mean and standard deviation of the training "
+        "split, the networks of the normal likelihood working in those units; its density, "
+        "samples and outputs stay in the data's units (default: on for --likelihood normal "
+        "on data that are not images, off otherwise)",
+    )
     opt(
         "--download",
         action="store_true",
@@ -266,7 +282,8 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
         return resume_config(args.resume, given)
     config = base or RunConfig()
     if getattr(args, "config", None) is not None:
-        config = RunConfig.read(args.config, partial=True).replace(out=None, x_shape=None)
+        derived = dict.fromkeys(DERIVED_FIELDS)  # filled again from this run's data
+        config = RunConfig.read(args.config, partial=True).replace(out=None, **derived)
     return config.replace(**given)
 
 

@@ -8,19 +8,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from pyro_vae import data as data_mod
+from pyro_vae.check.viz import is_image
 from pyro_vae.models.hvae import HierarchicalVAE
 from pyro_vae.models.semisupervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts import BuildSpec, get_part
 from pyro_vae.parts.conditional import ConditionalNormalPrior, condition_on_labels
+from pyro_vae.parts.likelihoods import NormalLikelihood, library_size_percentiles
 from pyro_vae.rundir import bundled_data_files, data_fingerprint
 from pyro_vae.runs.config import RunConfig
 from pyro_vae.train.checkpoint import load_checkpoint, load_module_states
 
-__all__ = ["Run", "build_model", "load_run", "load_splits", "num_classes", "prepare"]
+__all__ = [
+    "Run",
+    "StandardizedInput",
+    "build_model",
+    "load_run",
+    "load_splits",
+    "num_classes",
+    "prepare",
+    "resolve_from_data",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
@@ -30,12 +42,13 @@ CONFIG_NAME = "config.json"
 
 
 def load_splits(config: RunConfig) -> dict[str, TensorDataset]:
-    """Train/valid/test splits of the configured dataset."""
+    """Train/valid/test splits of the configured dataset (tables as
+    :class:`~pyro_vae.data.TableDataset`, with their feature names)."""
     name = config.dataset
     if name == "bundled":
         return data_mod.load_bundled_mnist()
     if name == "digits":
-        return data_mod.load_digits()
+        return dict(data_mod.load_digits())
     if name in ("mnist", "fashion-mnist"):
         folder = _data_dir(config)
         train = data_mod.load_mnist(folder, "train", kind=name, download=config.download)
@@ -50,9 +63,9 @@ def load_splits(config: RunConfig) -> dict[str, TensorDataset]:
         folder = _data_dir(config)
         return {s: data_mod.load_binarized_mnist(folder, s) for s in data_mod.SPLITS}
     if not config.data_file:
-        raise ValueError("--dataset file needs --data-file PATH (.npy, .npz or .pt).")
-    tensors = data_mod.load_tensor_file(config.data_file).tensors
-    n = tensors[0].shape[0]
+        raise ValueError("--dataset file needs --data-file PATH (.npy, .npz, .pt or .csv).")
+    table = data_mod.load_tensor_file(config.data_file)
+    n = len(table)
     if n < 3:
         raise ValueError(f"{config.data_file} has {n} examples; at least 3 are needed.")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
@@ -62,7 +75,7 @@ def load_splits(config: RunConfig) -> dict[str, TensorDataset]:
         "test": order[n_valid : n_valid + n_test],
         "train": order[n_valid + n_test :],
     }
-    return {k: TensorDataset(*(t[idx] for t in tensors)) for k, idx in parts.items()}
+    return {k: table.subset(idx) for k, idx in parts.items()}
 
 
 def _data_dir(config: RunConfig) -> Path:
@@ -85,9 +98,11 @@ def prepare(
 ) -> tuple[TensorDataset, data_mod.DynamicBinarization | None, TensorDataset, TensorDataset]:
     """Apply the configured binarization: dynamic (training batches resampled every time,
     validation and test binarized once with fixed seeds), static (all binarized once) or
-    none. Returns ``(train, transform, valid, test)``."""
+    none; then fill what the configuration derives from the training split
+    (:func:`resolve_from_data`). Returns ``(train, transform, valid, test)``."""
     mode, seed = config.resolve_binarize().binarize, config.seed
     if mode == "none":
+        resolve_from_data(config, splits["train"])
         return splits["train"], None, splits["valid"], splits["test"]
 
     def fixed(ds: TensorDataset, offset: int) -> TensorDataset:
@@ -96,7 +111,51 @@ def prepare(
 
     transform = data_mod.DynamicBinarization(seed) if mode == "dynamic" else None
     train = splits["train"] if mode == "dynamic" else fixed(splits["train"], 0)
+    resolve_from_data(config, train)
     return train, transform, fixed(splits["valid"], 1), fixed(splits["test"], 2)
+
+
+def resolve_from_data(config: RunConfig, train: TensorDataset) -> RunConfig:
+    """Fill the settings a run takes from its training split, where they are not set yet
+    (a resumed or loaded run keeps its own):
+
+    - ``feature_names``: the names of the data's columns, when the dataset has them
+      (:class:`~pyro_vae.data.TableDataset`: a ``.npz``/``.pt`` file's ``feature_names``,
+      a ``.csv`` header, the digits' ``r{row}c{col}``).
+    - For the normal likelihood on data that are not images
+      (:func:`~pyro_vae.check.viz.is_image`): ``standardize`` on, and, unless ``--scale``
+      was given, a learned scale per feature starting at 1 (``learn_scale``, ``scale``);
+      on images the scale stays the fixed ``--scale`` (0.1). ``standardize`` is off
+      otherwise.
+    - ``data_loc`` and ``data_scale``: the training split's per-feature mean and standard
+      deviation (:class:`~pyro_vae.data.Standardization`), when ``standardize`` is on.
+    - ``library_percentiles``: the percentiles of the training library sizes
+      (:func:`~pyro_vae.parts.likelihoods.library_size_percentiles`), with
+      ``--library-size``.
+
+    :raises ValueError: for data that cannot be standardised (NaN, fewer than 2 rows) or
+        examples without counts under ``--library-size``; nothing is written before.
+    """
+    x = train.tensors[0]
+    item_shape = tuple(x.shape[1:])
+    names = data_mod.feature_names_of(train)
+    if config.feature_names is None and names is not None:
+        config.feature_names = list(names)
+    table = not is_image(item_shape)
+    normal = config.likelihood == "normal"
+    if normal and table and "scale" not in config.options:
+        config.options.setdefault("learn_scale", True)
+        config.options["scale"] = 1.0
+    if config.standardize is None:
+        config.standardize = normal and table and config.model == "vae" and config.levels == 1
+    if config.standardize and config.data_loc is None:
+        standardization = data_mod.Standardization.fit(x)
+        config.data_loc = standardization.loc.flatten().tolist()
+        config.data_scale = standardization.scale.flatten().tolist()
+    if config.resolved_options().get("library_size") and config.library_percentiles is None:
+        percentiles = library_size_percentiles(x, len(item_shape))
+        config.library_percentiles = percentiles.tolist()
+    return config
 
 
 def fingerprint(config: RunConfig, splits: dict[str, TensorDataset]) -> dict[str, Any]:
@@ -152,7 +211,11 @@ def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE | HierarchicalVAE:
     """The model a run configuration describes, built from the registered parts.
 
     ``config.x_shape`` (and ``num_classes`` for conditional and semi-supervised models)
-    must be set.
+    must be set. With ``standardize`` the guide's encoder reads standardised data
+    (:class:`StandardizedInput`) and the normal likelihood maps back to the data's units
+    (:meth:`~pyro_vae.parts.likelihoods.NormalLikelihood.standardize`), both with the
+    configuration's ``data_loc`` and ``data_scale``; with ``--library-size`` the
+    likelihood stores the configuration's ``library_percentiles``.
     """
     if config.x_shape is None:
         raise ValueError("The configuration has no x_shape; it is filled from the data.")
@@ -163,6 +226,16 @@ def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE | HierarchicalVAE:
         network=config.network,
         options=config.resolved_options(),
     )
+    module = _build(config, spec)
+    if config.standardize:
+        _standardize(module, config)
+    percentiles = config.library_percentiles
+    if percentiles is not None and getattr(module.likelihood, "library_size", False):
+        module.likelihood.set_library_percentiles(percentiles)
+    return module
+
+
+def _build(config: RunConfig, spec: BuildSpec) -> VAE | SemiSupervisedVAE | HierarchicalVAE:
     likelihood_cls = get_part("likelihood", config.likelihood)
     if config.model == "m2":
         return SemiSupervisedVAE.mlp(
@@ -198,6 +271,48 @@ def build_model(config: RunConfig) -> VAE | SemiSupervisedVAE | HierarchicalVAE:
     return VAE(prior_cls.from_config(spec, guide), likelihood, guide)
 
 
+class StandardizedInput(nn.Module):
+    """A network that standardises its input first: the guide's encoder of a run with
+    ``--standardize`` sees :math:`(x - m) / s`. Labels (a conditional encoder) pass
+    through.
+
+    :param net: the encoder.
+    :param standardization: the run's :class:`~pyro_vae.data.Standardization` (the one
+        the likelihood holds).
+    """
+
+    def __init__(self, net: nn.Module, standardization: data_mod.Standardization) -> None:
+        super().__init__()
+        self.net = net
+        self.standardization = standardization
+        self.conditional = bool(getattr(net, "conditional", False))
+
+    def forward(self, inputs: torch.Tensor, *args: Any) -> torch.Tensor:
+        return self.net(self.standardization(inputs), *args)
+
+
+def _standardize(module: Any, config: RunConfig) -> None:
+    """Make the networks of ``module`` work in the standardised units of the configuration
+    (``data_loc``, ``data_scale``): the guide's encoder standardises its input, the normal
+    likelihood maps its mean and scale back to the data's units."""
+    if config.data_loc is None or config.data_scale is None:
+        raise ValueError(
+            "The configuration has standardize on but no data_loc/data_scale; they are "
+            "filled from the training split (pyro_vae.runs.prepare)."
+        )
+    shape = tuple(config.x_shape)  # type: ignore[arg-type]
+    standardization = data_mod.Standardization(
+        torch.tensor(config.data_loc).reshape(shape),
+        torch.tensor(config.data_scale).reshape(shape),
+    )
+    likelihood = module.likelihood
+    if not isinstance(likelihood, NormalLikelihood):
+        raise ValueError("--standardize needs the normal likelihood.")
+    likelihood.standardize(standardization)
+    guide = module.posterior
+    guide.encoder = StandardizedInput(guide.encoder, standardization)
+
+
 def _classes(config: RunConfig) -> int:
     if config.num_classes is None:
         raise ValueError("The configuration has no num_classes; it is filled from the labels.")
@@ -225,6 +340,12 @@ class Run:
     @property
     def model(self) -> Any:
         return self.module.model
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """The names of the data's columns, kept in ``config.json`` (``None`` when the
+        data have none): for the headers and titles of per-feature outputs."""
+        return self.config.feature_names
 
     @property
     def guide(self) -> Any:

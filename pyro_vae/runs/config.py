@@ -9,6 +9,7 @@ they live in :attr:`RunConfig.options`, flattened into ``config.json``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import types
 import typing
@@ -23,7 +24,7 @@ from pyro_vae.parts.registry import option_users
 from pyro_vae.train.schedule import SCHEDULES, lr_scheduler
 from pyro_vae.train.tracking import TRACKERS
 
-__all__ = ["DATASETS", "MODEL_FIELDS", "RunConfig"]
+__all__ = ["DATASETS", "DERIVED_FIELDS", "MODEL_FIELDS", "RunConfig"]
 
 DATASETS = ("bundled", "digits", "mnist", "fashion-mnist", "binarized-mnist", "file")
 NETWORKS = ("mlp", "gated", "conv")
@@ -45,6 +46,17 @@ MODEL_FIELDS = (
     "levels",
     "labels",
     "seed",
+    "standardize",
+)
+#: fields filled from the training data when a run starts (:func:`pyro_vae.runs.build.prepare`);
+#: a new run (``--config FILE``) fills them again from its own data
+DERIVED_FIELDS = (
+    "x_shape",
+    "num_classes",
+    "feature_names",
+    "data_loc",
+    "data_scale",
+    "library_percentiles",
 )
 
 
@@ -64,6 +76,11 @@ class RunConfig:
     data_file: str | None = None
     download: bool = False
     binarize: str | None = None
+    #: standardise each feature with the training split's mean and standard deviation, the
+    #: networks of the normal likelihood working in those units and its density, means and
+    #: draws in the data's units (:meth:`NormalLikelihood.standardize`); ``None``: on for
+    #: the normal likelihood on data that are not images (resolved from the data)
+    standardize: bool | None = None
     # parts
     likelihood: str = "bernoulli"
     network: str = "mlp"
@@ -108,6 +125,14 @@ class RunConfig:
     # derived from the data
     x_shape: list[int] | None = None
     num_classes: int | None = None
+    #: the names of the data's columns (from the data file or the dataset), or None
+    feature_names: list[str] | None = None
+    #: the per-feature mean and standard deviation of the training split (``--standardize``),
+    #: flattened
+    data_loc: list[float] | None = None
+    data_scale: list[float] | None = None
+    #: the 101 percentiles of the training split's library sizes (``--library-size``)
+    library_percentiles: list[float] | None = None
     world_size: int | None = None
     #: what the run trains on (files and their sha256, split sizes and seed, binarization);
     #: a resumed run must find the same (:func:`pyro_vae.rundir.check_fingerprint`)
@@ -158,6 +183,8 @@ class RunConfig:
                     f"{source} has an unknown key {key!r}; remove it (known keys: "
                     f"{', '.join(sorted(names | set(known_options)))})."
                 )
+        if not partial and "standardize" not in values:
+            values["standardize"] = False  # written before the option existed: it was off
         if not partial:
             required = set(MODEL_FIELDS) - {"labels"}
             missing = sorted(k for k in required if k not in values)
@@ -267,10 +294,60 @@ class RunConfig:
         if self.time_budget is not None:
             check_number("--time-budget", self.time_budget, positive=True)
         if self.dataset == "file" and not self.data_file:
-            raise ValueError("--dataset file needs --data-file PATH (.npy, .npz or .pt).")
+            raise ValueError("--dataset file needs --data-file PATH (.npy, .npz, .pt or .csv).")
+        self._validate_tables()
         self._validate_training_tools()
         self.make_objective()  # refuses combinations such as iwae with --beta
         return self
+
+    def _validate_tables(self) -> None:
+        """``--standardize``, ``--library-size`` and the fields derived from the data."""
+        if self.standardize is not None and not isinstance(self.standardize, bool):
+            raise ValueError(f"--standardize must be true or false, got {self.standardize!r}.")
+        if self.standardize:
+            if self.likelihood != "normal":
+                raise ValueError(
+                    f"--standardize rescales the data for the normal likelihood; the "
+                    f"{self.likelihood} likelihood needs the data in their own units "
+                    "(counts, values in [0, 1]): drop --standardize."
+                )
+            if self.model != "vae" or self.levels != 1:
+                raise ValueError(
+                    "--standardize works with the VAE of one latent level (q(z1|x,z2) and "
+                    "M2's classifier read the data unstandardised): use --levels 1, or add "
+                    "--no-standardize."
+                )
+        if self.resolved_options().get("library_size") and self.model != "vae":
+            raise ValueError(
+                "--library-size is for the VAE (pyro-vae train); the semi-supervised model "
+                "does not pass the data to its likelihood: drop --library-size."
+            )
+        if self.feature_names is not None:
+            if not all(isinstance(n, str) for n in self.feature_names):
+                raise ValueError("feature_names must be a list of strings.")
+            if self.x_shape is not None and [len(self.feature_names)] != list(self.x_shape):
+                raise ValueError(
+                    f"{len(self.feature_names)} feature names for data items of shape "
+                    f"{self.x_shape}; remove feature_names or fix them."
+                )
+        if (self.data_loc is None) != (self.data_scale is None) or (
+            self.data_loc is not None
+            and self.data_scale is not None
+            and len(self.data_loc) != len(self.data_scale)
+        ):
+            raise ValueError(
+                "data_loc and data_scale (the standardisation) must be given together, one "
+                "number per feature; remove both and they are computed from the data."
+            )
+        if self.data_scale is not None and not all(s > 0 for s in self.data_scale):
+            raise ValueError("data_scale (the standardisation) must hold numbers > 0.")
+        if self.library_percentiles is not None:
+            values = self.library_percentiles
+            if len(values) != 101 or any(b < a for a, b in itertools.pairwise(values)):
+                raise ValueError(
+                    "library_percentiles must be the 101 non-decreasing percentiles of the "
+                    "training library sizes; remove them and they are computed from the data."
+                )
 
     def _validate_training_tools(self) -> None:
         """The learning-rate schedule, early stopping, clipping and tracking options."""

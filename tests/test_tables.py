@@ -273,3 +273,15 @@ def test_configs_without_the_new_fields_still_load():
         RunConfig(
             model="m2", labels=10, likelihood="poisson", options={"library_size": True}
         ).validate()
+
+
+def test_library_size_refuses_a_table_with_an_empty_row_before_writing(tmp_path, capsys):
+    counts = np.arange(300).reshape(100, 3) % 7
+    counts[:10] = 0  # ten examples without a single count: no composition to model
+    path = write_csv(tmp_path / "counts.csv", counts, ["a", "b", "c"], "{:d}")
+    argv = ["train", "--dataset", "file", "--data-file", str(path), "--likelihood", "zinb"]
+    argv += ["--library-size", *SMALL, "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "library size 0" in err and "Drop the empty rows" in err
+    assert not (tmp_path / "run").exists()

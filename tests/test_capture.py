@@ -10,6 +10,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 
+import pyro_vae.train.capture as capture_module
 import pyro_vae.train.loop as train_module
 from pyro_vae import (
     VAE,
@@ -89,7 +90,10 @@ def test_fit_with_capture_equals_the_pyro_path(x, steppers, objective):
     # 8 steps: every one replayed a graph (full batches of 64 and the last batch of 8).
     assert stepper.num_captured_steps == 8 and stepper.num_pyro_steps == 0
     assert len(stepper.graphs) == 2 and not stepper.reasons
-    assert torch.allclose(captured_params, pyro_params, rtol=1e-5, atol=1e-6)
+    # The graph computes log1p from log on the CPU (capture._log1p), so its gradients agree
+    # with Pyro's to rounding; Adam's normalised steps can turn a rounding difference in a
+    # near-zero gradient into up to ~lr per step, hence the absolute tolerance.
+    assert torch.allclose(captured_params, pyro_params, rtol=1e-5, atol=1e-4)
     assert captured_history["train_elbo"] == pytest.approx(pyro_history["train_elbo"], rel=1e-6)
     assert not torch.equal(pyro_params, flat(small_vae()))  # training moved the parameters
 
@@ -172,8 +176,8 @@ def test_each_replay_draws_fresh_randomness_like_pyro(x):
     assert len(set(losses)) == 3  # a new z each step on the same batch
     assert torch.equal(torch.get_rng_state(), after_captured)  # the same draws
     assert float(captured) == pytest.approx(reference.item(), rel=1e-6)
-    for g, p in zip(captured_grads, params, strict=True):
-        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-7)
+    for g, p in zip(captured_grads, params, strict=True):  # to rounding, as verified
+        assert torch.allclose(g, p.grad, rtol=1e-5, atol=1e-5 * float(p.grad.abs().max()))
 
 
 class Toy(PyroModule):
@@ -274,3 +278,59 @@ def test_nan_from_a_captured_step_stops_training(x, steppers):
     # The full batches replayed the graph, NaN or not; the last batch (8 examples, NaN) failed
     # its verification (NaN != NaN) and ran the Pyro path, which reports NaN the same way.
     assert steppers[0].num_captured_steps == 3 and steppers[0].num_pyro_steps == 1
+
+
+def test_compiled_fit_agrees_with_pyro_and_resumes_exactly(x, steppers, tmp_path):
+    """One batch shape (128 examples, batches of 64), so one graph is compiled per fit."""
+    data = x[:128]
+    pyro_params, pyro_history = run_fit(data, False)
+    compiled_params, compiled_history = run_fit(data, True, compile=True)
+    (stepper,) = steppers
+    # compiled, and verified against the Pyro path: loss, gradients and random draws
+    assert len(stepper.compiled) == 1 and not stepper.compile_reasons and not stepper.reasons
+    assert stepper.num_captured_steps == 4 and stepper.num_pyro_steps == 0
+    assert stepper.compile_seconds > 0
+    assert torch.allclose(compiled_params, pyro_params, rtol=1e-5, atol=1e-4)
+    assert compiled_history["train_elbo"] == pytest.approx(pyro_history["train_elbo"], rel=1e-5)
+    # a compiled run resumed from its checkpoint equals the uninterrupted compiled run
+    pyro.clear_param_store()
+    vae = small_vae()
+    options = {"batch_size": 64, "eval_examples": 64, "progress": False, "compile": True}
+    fit(vae.model, vae.guide, data, epochs=1, run_dir=tmp_path, **options)
+    pyro.clear_param_store()
+    vae = small_vae(seed=99)
+    fit(vae.model, vae.guide, data, epochs=2, resume=tmp_path, **options)
+    assert len(steppers[-1].compiled) == 1
+    assert torch.equal(flat(vae), compiled_params)
+
+
+def test_a_failed_or_wrong_compilation_falls_back_to_the_recorded_graph(x, monkeypatch):
+    def fails(graph, inputs, cpu=True):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    def wrong(graph, inputs, cpu=True):  # a compiled graph whose loss is off
+        def run(*args):
+            grads, loss = graph(*args)
+            return grads, loss * (1 + 1e-3)
+
+        return run
+
+    vae = small_vae()
+    loss_fn = Trace_ELBO()(vae.model, vae.guide)
+    params = list(vae.parameters())
+    for compiler, reason in (
+        (fails, "compilation failed: RuntimeError: no C++ compiler"),
+        (wrong, "compiled graph refused: the graph's loss"),
+    ):
+        monkeypatch.setattr(capture_module, "compile_graph", compiler)
+        stepper = CapturedStep(loss_fn, params, [vae], compile=True)
+        with pyro.validation_enabled(False):
+            pyro.set_rng_seed(5)
+            captured = stepper.step(x[:64])
+            pyro.set_rng_seed(5)
+            reference = loss_fn(x[:64])
+        assert not stepper.compiled and len(stepper.graphs) == 1  # replays the recorded graph
+        (why,) = stepper.compile_reasons.values()
+        assert why.startswith(reason) and "more detail" not in why  # the error's first line
+        assert stepper.num_captured_steps == 1
+        assert float(captured) == pytest.approx(reference.item(), rel=1e-6)

@@ -17,6 +17,16 @@ path would. Pyro's ``torch_item`` (which turns the ELBO value into a Python floa
 would be frozen into the graph) is replaced by ``detach`` while recording, and its NaN
 warning is skipped; the training loop checks for NaN itself.
 
+**log1p on the CPU.** The vectorised ``log1p`` of torch's CPU kernels is several times
+slower than its ``log`` (torch 2.14, AVX-512), and it is in the
+softplus of every hidden layer and in the Bernoulli log-likelihood
+(``binary_cross_entropy_with_logits``). On the CPU, the recording therefore replaces those
+operations (and ``logsigmoid``) by torch's reference decompositions and ``log1p`` by
+``log(u) * x / (u - 1)`` with ``u = 1 + x`` (``x`` where ``u == 1``; D. Goldberg's formula,
+accurate to a few units in the last place). The backward formulas are unchanged. The step
+gets faster (``benchmarks/throughput.py`` measures it); the graph then agrees with the Pyro
+path to rounding instead of bit for bit.
+
 **When it applies.** The capture is refused, and the caller keeps the ordinary Pyro path,
 whenever any of these holds:
 
@@ -35,19 +45,37 @@ shape (the last, smaller batch of an epoch) is captured and verified separately,
 **How it is verified.** Right after recording, with the random generator saved and
 restored around the check so that training is not perturbed, the Pyro path and the graph
 are run from the *same* random state on the same batch. The capture is used only if both
-give the same loss and the same gradient for every parameter (to ``rtol=1e-5``; in
-practice they agree bit for bit because the graph runs the same kernels), and leave the
-random generator in the same state (the same number of draws). Model structure that
-depends on the data in ways the check cannot see (Python branching on non-tensor
-attributes that change between steps, or tensors outside the modules that are replaced by
-new objects) is not supported: pass ``capture=False`` to :func:`pyro_vae.fit` for such
-programs.
+give the same loss and the same gradient for every parameter (to ``rtol=1e-5``, relative
+to each tensor's largest magnitude; on other devices than the CPU they agree bit for bit
+because the graph runs the same kernels), and leave the random generator in the same state
+(the same number of draws). Replays are deterministic: a resumed run reproduces the
+uninterrupted one exactly. Model structure that depends on the data in ways the check
+cannot see (Python branching on non-tensor attributes that change between steps, or tensors
+outside the modules that are replaced by new objects) is not supported: pass
+``capture=False`` to :func:`pyro_vae.fit` for such programs.
+
+**Compilation (opt-in).** With ``compile=True`` each verified graph is also compiled by
+TorchInductor (:func:`torch._inductor.compile_fx.compile_fx`, which fuses the elementwise
+work into generated C++ or Triton kernels, reuses buffers and calls the library's matrix
+products), and the compiled graph is verified against the Pyro path in the same way before
+it is used. Random operations are not replaced by Inductor's own generator
+(``fallback_random=True``), so a compiled step draws from the global generator exactly as
+the Pyro path does (the verification checks the generator's state); on the CPU, ``log1p``
+is computed as above. Fused kernels sum in another order, so a compiled graph is verified to
+``compile_rtol`` (relative to each tensor's largest magnitude). Its replays are
+deterministic too. When compilation or its verification fails, the shape keeps its
+uncompiled graph and ``compile_reasons`` says why. Compiling runs a C++ compiler and takes
+seconds (a graph already in Inductor's on-disk cache) to minutes per input shape, so it is
+off by default and pays off in long runs: ``benchmarks/throughput.py --compile`` measures
+the step's speed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import numbers
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -55,9 +83,10 @@ import pyro.infer.trace_elbo as _trace_elbo
 import pyro.infer.trace_mean_field_elbo as _trace_mean_field_elbo
 import torch
 from torch import fx, nn
+from torch._decomp import get_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["CaptureError", "CapturedStep"]
+__all__ = ["CaptureError", "CapturedStep", "compile_graph"]
 
 # Operations that read a tensor's value into Python: a graph containing one froze a
 # data-dependent decision.
@@ -154,9 +183,53 @@ def _set_rng_states(device: torch.device, states: list[torch.Tensor]) -> None:
 
 
 def _input_key(x: torch.Tensor, kwargs: dict[str, torch.Tensor]) -> tuple:
+    # strides too: a compiled graph is specialised to its inputs' memory layout
     return tuple(
-        (name, tuple(t.shape), t.dtype, t.device) for name, t in (("x", x), *sorted(kwargs.items()))
+        (name, tuple(t.shape), t.stride(), t.dtype, t.device)
+        for name, t in (("x", x), *sorted(kwargs.items()))
     )
+
+
+def _log1p(x: torch.Tensor) -> torch.Tensor:
+    """``log1p`` from ``log`` (D. Goldberg, "What every computer scientist should know about
+    floating-point arithmetic", 1991, theorem 4): ``u = 1 + x`` rounds, and
+    ``log(u) * x / (u - 1)`` corrects the rounding; ``x`` itself where ``u == 1``, and
+    ``u`` where it is infinite."""
+    u = 1 + x
+    exact = (u == 1) | (u == float("inf"))
+    return torch.where(exact, x, torch.log(u) * (x / (u - 1)))
+
+
+def _cpu_decompositions() -> dict[Any, Callable[..., Any]]:
+    """Recording on the CPU: the operations whose CPU kernels evaluate ``log1p`` (softplus,
+    the Bernoulli log-likelihood's ``binary_cross_entropy_with_logits``, ``logsigmoid``)
+    become torch's reference decompositions, and ``log1p`` becomes :func:`_log1p`."""
+    aten = torch.ops.aten
+    table = get_decompositions(
+        [aten.softplus, aten.log_sigmoid_forward, aten.binary_cross_entropy_with_logits]
+    )
+    table[aten.log1p.default] = _log1p
+    return table
+
+
+def compile_graph(
+    graph: fx.GraphModule, example_inputs: list[Any], *, cpu: bool = True
+) -> Callable[..., Any]:
+    """Compile a recorded graph with TorchInductor for replays under ``torch.no_grad``:
+    random operations run as in eager mode (``fallback_random``), and on the ``cpu``
+    ``log1p`` as :func:`_log1p`. ``graph`` itself is left unchanged."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    decompositions = dict(select_decomp_table())
+    if cpu:
+        decompositions[torch.ops.aten.log1p.default] = _log1p
+    with inductor_config.patch(fallback_random=True), torch.no_grad():
+        compiled = compile_fx(copy.deepcopy(graph), example_inputs, decompositions=decompositions)
+    if not callable(compiled):  # an ahead-of-time artefact (a path), not a function
+        raise TypeError(f"Inductor returned {type(compiled).__name__}, not a function")
+    return compiled
 
 
 class CapturedStep:
@@ -181,6 +254,10 @@ class CapturedStep:
         inputs, so in-place updates and ``load_state_dict`` are seen).
     :param max_graphs: the most input shapes to capture; later shapes run the Pyro path.
     :param rtol: relative tolerance of the verification.
+    :param compile: also compile each verified graph with TorchInductor (see the module
+        documentation); a shape whose compilation or its verification fails replays its
+        uncompiled graph, and ``compile_reasons`` says why.
+    :param compile_rtol: relative tolerance of a compiled graph's verification.
     """
 
     def __init__(
@@ -191,14 +268,23 @@ class CapturedStep:
         *,
         max_graphs: int = 2,
         rtol: float = 1e-5,
+        compile: bool = False,
+        compile_rtol: float = 1e-4,
     ) -> None:
         self.loss_fn = loss_fn
         self.params = list(params)
         self.buffers = [b for m in modules for b in m.buffers()]
         self.max_graphs = max_graphs
         self.rtol = rtol
+        self.compile, self.compile_rtol = compile, compile_rtol
         self.graphs: dict[tuple, fx.GraphModule] = {}
         self.reasons: dict[tuple, str] = {}
+        #: the compiled graphs, and why a shape's graph was not compiled.
+        self.compiled: dict[tuple, Callable[..., Any]] = {}
+        self.compile_reasons: dict[tuple, str] = {}
+        #: wall-clock seconds spent compiling and verifying compiled graphs.
+        self.compile_seconds = 0.0
+        self._replays: dict[tuple, Callable[..., Any]] = {}
         #: number of steps that replayed a graph / ran the Pyro path.
         self.num_captured_steps = 0
         self.num_pyro_steps = 0
@@ -208,7 +294,7 @@ class CapturedStep:
     def step(self, x: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         """One loss-and-gradient evaluation; returns the detached loss."""
         key = _input_key(x, kwargs)
-        graph = self.graphs.get(key)
+        graph = self._replays.get(key)
         if graph is None and key not in self.reasons:
             graph = self._capture(key, x, kwargs)
         if graph is None:
@@ -243,7 +329,7 @@ class CapturedStep:
 
     def _capture(
         self, key: tuple, x: torch.Tensor, kwargs: dict[str, torch.Tensor]
-    ) -> fx.GraphModule | None:
+    ) -> Callable[..., Any] | None:
         if len(self.graphs) >= self.max_graphs:
             self.reasons[key] = f"more than max_graphs={self.max_graphs} input shapes"
             return None
@@ -252,13 +338,15 @@ class CapturedStep:
         try:
             with torch.random.fork_rng(devices=devices):  # capture draws no training randomness
                 with _tensor_valued_elbo(), torch.enable_grad():
-                    graph = make_fx(lambda p, b, x, kw: self._traced(p, b, x, kw))(
-                        self.params, self.buffers, x, kwargs
-                    )
+                    graph = make_fx(
+                        lambda p, b, x, kw: self._traced(p, b, x, kw),
+                        decomposition_table=_cpu_decompositions() if x.device.type == "cpu" else {},
+                    )(self.params, self.buffers, x, kwargs)
                 graph.graph.eliminate_dead_code()
                 graph.recompile()
                 _check_graph(graph, _storages([*self.params, *self.buffers]))
-                self._verify(graph, x, kwargs)
+                self._verify(graph, x, kwargs, self.rtol)
+                replay = self._compile(key, graph, x, kwargs) if self.compile else None
         except CaptureError as e:
             self.reasons[key] = str(e)
             return None
@@ -271,10 +359,36 @@ class CapturedStep:
                 for b, value in zip(self.buffers, saved_buffers, strict=True):
                     b.copy_(value)
         self.graphs[key] = graph
-        return graph
+        self._replays[key] = replay or graph
+        return self._replays[key]
+
+    def _compile(
+        self, key: tuple, graph: fx.GraphModule, x: torch.Tensor, kwargs: dict[str, torch.Tensor]
+    ) -> Callable[..., Any] | None:
+        """The compiled graph, verified; ``None`` (and a reason) where that fails."""
+        started = time.perf_counter()
+        try:
+            inputs = [self.params, self.buffers, x, kwargs]
+            compiled = compile_graph(graph, inputs, cpu=x.device.type == "cpu")
+            self._verify(compiled, x, kwargs, self.compile_rtol)
+        except CaptureError as e:
+            self.compile_reasons[key] = f"compiled graph refused: {e}"
+            return None
+        except Exception as e:  # no C++ compiler, an unsupported operation, ...
+            first_line = str(e).strip().split("\n")[0]
+            self.compile_reasons[key] = f"compilation failed: {type(e).__name__}: {first_line}"
+            return None
+        finally:
+            self.compile_seconds += time.perf_counter() - started
+        self.compiled[key] = compiled
+        return compiled
 
     def _verify(
-        self, graph: fx.GraphModule, x: torch.Tensor, kwargs: dict[str, torch.Tensor]
+        self,
+        graph: Callable[..., Any],
+        x: torch.Tensor,
+        kwargs: dict[str, torch.Tensor],
+        rtol: float,
     ) -> None:
         start = _rng_states(x.device)
         ref_loss = self.loss_fn(x, **kwargs)
@@ -286,10 +400,10 @@ class CapturedStep:
         after_graph = _rng_states(x.device)
         if not all(torch.equal(a, b) for a, b in zip(after_ref, after_graph, strict=True)):
             raise CaptureError("the graph draws random numbers differently from the Pyro path")
-        if not _close(ref_loss.detach(), loss, self.rtol):
+        if not _close(ref_loss.detach(), loss, rtol):
             raise CaptureError(
                 f"the graph's loss {float(loss):.6g} differs from Pyro's {float(ref_loss):.6g}"
             )
         for i, (a, b) in enumerate(zip(ref_grads, grads, strict=True)):
-            if not _close(a, b, self.rtol):
+            if not _close(a, b, rtol):
                 raise CaptureError(f"the gradient of parameter {i} differs from Pyro's")

@@ -109,6 +109,7 @@ def fit(
     eval_examples: int = 2000,
     on_nan: str = "raise",
     capture: bool | None = None,
+    compile: bool = False,
     scheduler: str | SchedulerFactory | None = None,
     early_stopping: EarlyStopping | None = None,
     clip_grad_norm: float | None = None,
@@ -176,6 +177,12 @@ def fit(
         ``vae.model``), whose structure is fixed by their modules; ``True`` also tries
         other callables; ``False`` always runs the Pyro path. Objectives with a schedule
         (``set_step``, e.g. KL warm-up) always run the Pyro path.
+    :param compile: also compile each captured graph with TorchInductor (fused kernels for
+        the elementwise work; random draws stay those of the Pyro path), verified against the
+        Pyro path to rounding (``rtol=1e-4``) before it is used; a graph whose compilation
+        fails is replayed uncompiled. Off by default: compiling takes seconds to minutes per
+        batch shape, which only a long run earns back (``benchmarks/throughput.py --compile``
+        measures the step's speed-up). It applies only where the step is captured.
     :param scheduler: a learning-rate schedule stepped once per epoch: ``"step"``,
         ``"cosine"`` (over ``epochs``) or ``"plateau"`` (on the validation ELBO), see
         :func:`~pyro_vae.train.schedule.lr_scheduler` for their settings; or a factory
@@ -281,7 +288,7 @@ def fit(
         loss_fn,
         params,
         optim,
-        captured=CapturedStep(loss_fn, params, modules) if capture else None,
+        captured=CapturedStep(loss_fn, params, modules, compile=compile) if capture else None,
         set_step=set_step,
         ctx=ctx,
         on_nan=on_nan,

@@ -72,19 +72,22 @@ def papers_table(results: list[dict]) -> str:
 
 
 def throughput_table(result: dict) -> str:
+    fit = "`fit(..., compile=True)`" if result.get("fit_compile") else "`fit`'s default"
     lines = [
         f"Date {result['date']}, {result['threads']} thread(s), torch {result['torch']}, "
-        f"pyro {result['pyro']}; {result['data']}. Ratios to the hand-written PyTorch step, "
-        "median [min, max] over interleaved rounds.",
+        f"pyro {result['pyro']}; {result['data']}. fit is {fit}. Speed ratios, median "
+        "[min, max] over interleaved rounds, to the hand-written PyTorch step, to the strong "
+        "plain loop and to the matmul floor (the step's matrix products alone).",
         "",
         "| batch | objective | fit / hand-written | Pyro SVI / hand-written | "
         "fit, Pyro path / hand-written | hand-written, fused Adam / hand-written | "
+        "fit / strong loop | fit / matmul floor | strong loop / matmul floor | "
         "hand-written steps/s |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(r: dict, name: str) -> str:
-        v = r["ratios"].get(f"{name}/handwritten")
+    def cell(r: dict, name: str, against: str = "handwritten") -> str:
+        v = r["ratios"].get(f"{name}/{against}")
         return f"{v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]" if v else "–"
 
     for r in result["results"]:
@@ -92,6 +95,8 @@ def throughput_table(result: dict) -> str:
         lines.append(
             f"| {r['batch_size']} | {objective} | {cell(r, 'fit')} | {cell(r, 'pyro_svi')} | "
             f"{cell(r, 'fit_pyro_path')} | {cell(r, 'handwritten_fused_adam')} | "
+            f"{cell(r, 'fit', 'strong_loop')} | {cell(r, 'fit', 'matmul_floor')} | "
+            f"{cell(r, 'strong_loop', 'matmul_floor')} | "
             f"{r['steps_per_s']['handwritten']['median']:.1f} |"
         )
     return "\n".join(lines)
@@ -317,12 +322,18 @@ def render(results_dir: Path) -> dict[str, str]:
             f"processes {r['torchrun']['examples_per_s_median']:.0f} examples/s "
             f"(ratio {r['ratio']:.2f})."
         )
-    # the newest throughput measurement for each thread count; older files stay as history
+    # the newest throughput measurement for each thread count, with fit's default and with
+    # fit(compile=True); older files stay as history
     throughput = [(f, r) for f, r in loaded if r.get("kind") == "throughput"]
-    for threads in sorted({r["threads"] for _, r in throughput}, reverse=True):
+    kinds = {(r["threads"], bool(r.get("fit_compile"))) for _, r in throughput}
+    for threads, compiled in sorted(kinds, key=lambda k: (-k[0], k[1])):
         f, r = max(
-            ((f, r) for f, r in throughput if r["threads"] == threads),
-            key=lambda fr: fr[1]["date"],
+            (
+                (f, r)
+                for f, r in throughput
+                if r["threads"] == threads and bool(r.get("fit_compile")) == compiled
+            ),
+            key=lambda fr: (fr[1]["date"], fr[0].name),
         )
         out += ["", f"### Training throughput ({f.name})", "", throughput_table(r)]
     blocks["benchmarks"] = "\n".join(out)

@@ -16,6 +16,9 @@ rate 1e-3 and the same number of threads, on real binarized MNIST held as tensor
     is one round; the other variants run from fit's epoch callback, so the rounds
     interleave. Epoch 1 (which also records the captured graph) and the first round of
     the other variants are warm-up and are not counted.
+    With ``--compile``, (c) is ``fit(..., compile=True)``: the captured graphs are compiled
+    by TorchInductor during epoch 1 (warm-up, not counted); the seconds spent compiling are
+    reported as ``fit_compile_seconds``.
 (c0) ``fit_pyro_path``: the same with ``fit(..., capture=False)``, the Pyro path.
 (a') ``handwritten_fused_adam``: (a) with ``torch.optim.Adam(fused=True)``, fit's default
     optimizer, to show how much of fit's speed comes from the optimizer alone.
@@ -36,6 +39,7 @@ Usage::
 
     python benchmarks/throughput.py                       # batch 128, 32, 512 and IWAE K=5
     python benchmarks/throughput.py --rounds 3 --steps 20 --configs 128
+    python benchmarks/throughput.py --configs 128 --threads 1 --compile   # fit(compile=True)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -228,8 +233,11 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def benchmark(x: torch.Tensor, batch: int, k: int, rounds: int, steps: int) -> dict:
-    """One configuration: ``rounds`` counted rounds after one warm-up round."""
+def benchmark(
+    x: torch.Tensor, batch: int, k: int, rounds: int, steps: int, compile: bool = False
+) -> dict:
+    """One configuration: ``rounds`` counted rounds after one warm-up round; ``compile``:
+    variant (c) is ``fit(..., compile=True)``."""
     pyro.clear_param_store()
     made: list[CapturedStep] = []
 
@@ -304,6 +312,7 @@ def benchmark(x: torch.Tensor, batch: int, k: int, rounds: int, steps: int) -> d
         eval_examples=batch,
         progress=False,
         callbacks=[one_round],
+        compile=compile,
         **fit_kwargs,
     )
     train_module.CapturedStep = CapturedStep
@@ -333,6 +342,12 @@ def benchmark(x: torch.Tensor, batch: int, k: int, rounds: int, steps: int) -> d
         "steps_per_s": {name: summary(v) for name, v in rates.items()},
         "ratios": ratio,
         "every_variant_trained": trained,
+        "fit_compile": compile,
+        "fit_compiled_graphs": len(stepper.compiled) if stepper else 0,
+        "fit_compile_seconds": stepper.compile_seconds if stepper else 0.0,
+        "fit_compile_refused": dict(
+            (str(key), why) for key, why in (stepper.compile_reasons.items() if stepper else [])
+        ),
         "fit_captured_steps": stepper.num_captured_steps if stepper else 0,
         "fit_pyro_steps": stepper.num_pyro_steps if stepper else None,
         "fit_capture_refused": dict(
@@ -351,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: a batch size, or iwaeK (batch 128, K particles)",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--compile", action="store_true", help="variant (c) is fit(..., compile=True)"
+    )
     parser.add_argument("--examples", type=int, default=20000, help="MNIST training subset")
     parser.add_argument(
         "--data-dir", default=str(ROOT.parent / "shared" / "data" / "binarized-mnist")
@@ -359,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     pyro.set_rng_seed(0)
     x = load_binarized_mnist(args.data_dir, "train").tensors[0][: args.examples]
     results = []
@@ -367,11 +386,16 @@ def main(argv: list[str] | None = None) -> int:
         batch = 128 if k > 1 else int(config)
         steps = min(args.steps, x.shape[0] // batch)
         print(f"batch {batch}, K={k}: {args.rounds} rounds of {steps} steps", flush=True)
-        res = benchmark(x, batch, k, args.rounds, steps)
+        res = benchmark(x, batch, k, args.rounds, steps, compile=args.compile)
         results.append(res)
         for name, r in res["ratios"].items():
             print(f"  {name:26s} median {r['median']:.2f}  [{r['min']:.2f}, {r['max']:.2f}]")
         print(f"  fit: {res['fit_captured_steps']} captured steps, {res['fit_pyro_steps']} Pyro")
+        if args.compile:
+            print(
+                f"  fit: {res['fit_compiled_graphs']} compiled graphs in "
+                f"{res['fit_compile_seconds']:.1f} s, refused: {res['fit_compile_refused']}"
+            )
 
     date = datetime.date.today().isoformat()
     out = (
@@ -381,8 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": date,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg()[0],
         "threads": args.threads,
+        "fit_compile": args.compile,
         "torch": torch.__version__,
         "pyro": pyro.__version__,
         "python": sys.version.split()[0],

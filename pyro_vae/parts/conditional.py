@@ -10,10 +10,11 @@ The same :class:`~pyro_vae.models.vae.VAE` class runs it: ``vae.model(x, y)`` an
 
 - the prior :class:`ConditionalNormalPrior`, :math:`\mathcal{N}(m_y, \mathrm{diag}\,s_y^2)`
   with a learned mean and scale per class (a linear map of the one-hot label);
-- an MLP wrapped in :class:`ConditionalNet`, whose first layer also takes the one-hot
-  label; used as the decoder of any :class:`~pyro_vae.parts.likelihoods.Likelihood` or the
-  encoder of any :class:`~pyro_vae.parts.guides.Guide` (:func:`condition_on_labels` wraps a
-  part's network; :func:`conditional_likelihood`, :func:`conditional_guide` and
+- an MLP wrapped in :class:`ConditionalNet`, whose every layer also takes the one-hot
+  label (scaled so that it is learned as fast as the inputs); used as the decoder of any
+  :class:`~pyro_vae.parts.likelihoods.Likelihood` or the encoder of any
+  :class:`~pyro_vae.parts.guides.Guide` (:func:`condition_on_labels` wraps a part's network;
+  :func:`conditional_likelihood`, :func:`conditional_guide` and
   :func:`pyro_vae.models.vae.conditional_vae` build them).
 
 Generate a chosen digit by sampling the model with labels and no data::
@@ -37,7 +38,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 
 from pyro_vae._checks import check_count, check_latent_dim
-from pyro_vae.parts.nn import MLP
+from pyro_vae.parts.nn import MLP, GatedLinear
 from pyro_vae.parts.priors import Prior
 
 __all__ = [
@@ -75,17 +76,30 @@ def check_labels(y: torch.Tensor | None, num_classes: int) -> torch.Tensor:
 
 
 class ConditionalNet(nn.Module):
-    r"""An :class:`~pyro_vae.parts.nn.MLP` that also sees the label: its first layer acts on the
-    concatenation ``[flatten(inputs), one_hot(y)]``.
+    r"""An :class:`~pyro_vae.parts.nn.MLP` that also sees the label, at every layer: each
+    affine layer acts on the concatenation ``[h, sqrt(fan_in) * one_hot(y)]`` of its input
+    :math:`h` (``fan_in`` numbers) and the scaled one-hot label.
 
-    The first layer :math:`W [u; e_y] + b = W_u u + b + w_y` is computed as the MLP's own
-    first linear layer on the inputs plus a learned vector :math:`w_y` per class (the
-    columns of :math:`W` for the one-hot part), without building the concatenation. The
-    leading batch dimensions of the inputs and of ``y`` broadcast against each other, so
-    vectorized particles ``(K, N, ...)`` with labels ``(N,)`` work, and so do enumerated
-    labels ``(C, 1)`` with inputs ``(N, ...)`` (the semi-supervised M2), where the input
-    projection is computed once instead of once per class. Parts recognise the wrapper by
-    its ``conditional = True`` attribute and call it as ``net(inputs, y)``.
+    The layer :math:`W [h; s\,e_y] + b = W_h h + b + s\,w_y` is computed as the MLP's own
+    linear layer plus :math:`s = \sqrt{\mathrm{fan\_in}}` times a learned vector
+    :math:`w_y` per class, without building the concatenation (for a
+    :class:`~pyro_vae.parts.nn.GatedLinear` layer, both halves get their vector).
+
+    Why every layer, and why scaled: Adam moves every weight by about the learning rate
+    per step whatever its input, so a pathway changes a unit's pre-activation about as
+    fast as the norm of its input. A one-hot label of norm 1 entering the first layer
+    only is learned about :math:`\sqrt{\mathrm{fan\_in}}` times more slowly than the
+    input, and the encoder puts the class into :math:`z` long before the decoder learns it
+    from :math:`y`; trained on MNIST for a few epochs, such a CVAE decodes one code to the
+    same digit whatever the label. Giving the label the norm of a typical input, and a
+    direct path to the output (a class-specific bias of the last layer), lets it be read
+    as fast as the input.
+
+    The leading batch dimensions of the inputs and of ``y`` broadcast against each other,
+    so vectorized particles ``(K, N, ...)`` with labels ``(N,)`` work, and so do enumerated
+    labels ``(C, 1)`` with inputs ``(N, ...)`` (the semi-supervised M2), where the first
+    layer's input projection is computed once instead of once per class. Parts recognise
+    the wrapper by its ``conditional = True`` attribute and call it as ``net(inputs, y)``.
 
     :param mlp: the unconditional network, e.g. ``likelihood.decoder`` or
         ``guide.encoder`` of a part built with ``.mlp(...)``.
@@ -103,24 +117,50 @@ class ConditionalNet(nn.Module):
             )
         self.mlp = mlp
         self.num_classes = check_count("num_classes", num_classes)
-        first = mlp.net[0]
-        bound = 1.0 / math.sqrt(first.in_features + num_classes)  # type: ignore[operator]
-        self.label_weight = nn.Parameter(
-            torch.empty(num_classes, first.out_features).uniform_(-bound, bound)  # type: ignore[call-overload]
-        )
+        self.label_scales: list[float] = []
+        self.label_weights = nn.ParameterList()
+        for layer in mlp.net:
+            affine = _affine(layer)
+            if affine is None:
+                continue
+            scale = math.sqrt(affine.in_features)
+            bound = 1.0 / math.sqrt(affine.in_features + num_classes)  # nn.Linear's init
+            weight = torch.empty(num_classes, affine.out_features).uniform_(-bound, bound)
+            self.label_scales.append(scale)
+            self.label_weights.append(nn.Parameter(weight / scale))
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return self.mlp.in_shape
 
+    def label_terms(self, y: torch.Tensor) -> list[torch.Tensor]:
+        r"""What the label adds to each affine layer: :math:`s_k\,w^{(k)}_y`, shape
+        ``(*y.shape, out_features_k)``."""
+        return [s * w[y] for s, w in zip(self.label_scales, self.label_weights, strict=True)]
+
     def forward(self, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         y = check_labels(y, self.num_classes)
         batch = inputs.shape[: inputs.dim() - len(self.mlp.in_shape)]
-        layers = self.mlp.net
-        h = layers[0](inputs.reshape(*batch, -1)) + self.label_weight[y]
-        for layer in layers[1:]:
-            h = layer(h)
+        h = inputs.reshape(*batch, -1)
+        if self.mlp.input_scale != 1.0:
+            h = h * self.mlp.input_scale
+        terms = iter(self.label_terms(y))
+        for layer in self.mlp.net:
+            if isinstance(layer, GatedLinear):
+                value, gate = (layer.linear(h) + next(terms)).chunk(2, dim=-1)
+                h = value * torch.sigmoid(gate)
+            elif isinstance(layer, nn.Linear):
+                h = layer(h) + next(terms)
+            else:
+                h = layer(h)
         return h.reshape(*h.shape[:-1], *self.mlp.out_shape)
+
+
+def _affine(layer: nn.Module) -> nn.Linear | None:
+    """The linear map of an MLP layer that the label joins (``None`` for an activation)."""
+    if isinstance(layer, GatedLinear):
+        return layer.linear
+    return layer if isinstance(layer, nn.Linear) else None
 
 
 def call_net(net: nn.Module, inputs: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -23,10 +23,13 @@ added with weight :math:`\alpha` (eq. 9 of [1]):
         + \sum_{x\ \mathrm{unlabelled}} -\mathcal{U}(x).
 
 The parts are those of the conditional VAE (:mod:`pyro_vae.parts.conditional`): a likelihood
-with a :class:`~pyro_vae.parts.conditional.ConditionalNet` decoder on ``[z, one_hot(y)]``, a
-guide with a conditional encoder on ``[x, one_hot(y)]``, plus a classifier network for
-:math:`q_\phi(y \mid x)`. Pyro's SS-VAE tutorial (``examples/vae/ss_vae_M2.py``) reports
-test accuracies of about 0.93 and 0.95 with 100 and 1000 labels after long training.
+with a :class:`~pyro_vae.parts.conditional.ConditionalNet` decoder of ``z`` and ``y``, a
+guide with a conditional encoder of ``x`` and ``y`` (the label enters every layer), plus a
+classifier network for :math:`q_\phi(y \mid x)`. The unlabelled examples teach the
+classifier only through the decoder's preference for one label over another, so a decoder
+that ignores ``y`` leaves them nothing to teach. Pyro's SS-VAE tutorial
+(``examples/vae/ss_vae_M2.py``) reports test accuracies of about 0.93 and 0.95 with 100 and
+1000 labels after long training.
 
 1. D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling, *Semi-supervised learning with
    deep generative models*, NeurIPS 2014.

@@ -178,6 +178,18 @@ def test_normal_defaults_depend_on_whether_the_data_are_images(bundled):
     assert counts.standardize is False and counts.data_loc is None
 
 
+def check_named_rows(stem: Path, num_rows: int) -> None:
+    """``STEM.csv`` and ``STEM.npz`` hold ``num_rows`` generated rows of :func:`table`'s
+    features under their names, in the data's units (the first column near 1000)."""
+    lines = stem.with_suffix(".csv").read_text().splitlines()
+    assert lines[0].split(",") == NAMES and len(lines) == 1 + num_rows
+    values = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    saved = np.load(stem.with_suffix(".npz"))
+    assert saved["feature_names"].tolist() == NAMES
+    np.testing.assert_allclose(saved["x"], values, rtol=1e-6)
+    assert abs(values[:, 0].mean() - 1000) < 3 * 50
+
+
 def test_a_table_with_a_header_trains_standardised_from_the_cli(tmp_path, capsys):
     x = table(300)
     path = write_csv(tmp_path / "t.csv", x, NAMES)
@@ -205,6 +217,15 @@ def test_a_table_with_a_header_trains_standardised_from_the_cli(tmp_path, capsys
     assert (means[:, 3] - 7).abs().max() < 1.0  # the constant column: means near 7
     test = json.loads((out / "test.json").read_text())
     assert math.isfinite(test["test_elbo"])
+    # generated rows are written under the features' names, in the data's units
+    check_named_rows(out / "samples", 30)  # one row per test example, at most 64
+    assert main(["sample", str(out), "--num-samples", "40"]) == 0
+    check_named_rows(out / "samples", 40)
+    assert main(["ppc", str(out), "--num-samples", "10", "--num-examples", "30"]) == 0
+    header = (out / "ppc_features.csv").read_text().splitlines()[0].split(",")
+    assert header[1] == "feature_name" and header[2] == "mean_observed"
+    rows = [line.split(",") for line in (out / "ppc_features.csv").read_text().splitlines()[1:]]
+    assert [r[1] for r in rows] == NAMES
     # resume keeps the statistics; the saved config round-trips
     assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
     again = RunConfig.read(out / "config.json")

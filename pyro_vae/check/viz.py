@@ -145,10 +145,15 @@ def is_image(item_shape: tuple[int, ...] | list[int] | torch.Size) -> bool:
 
 
 def save_feature_histograms(
-    data: torch.Tensor, generated: torch.Tensor, path: str | os.PathLike, max_features: int = 16
+    data: torch.Tensor,
+    generated: torch.Tensor,
+    path: str | os.PathLike,
+    max_features: int = 16,
+    feature_names: Sequence[str] | None = None,
 ) -> None:
     """Histograms of the first ``max_features`` features of the data and of generated
-    rows, one panel per feature, for data that are not images."""
+    rows, one panel per feature, for data that are not images; each panel is labelled
+    with its name from ``feature_names`` (one per feature) or ``feature <j>``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,6 +161,7 @@ def save_feature_histograms(
 
     data = data.detach().cpu().reshape(data.shape[0], -1).float()
     generated = generated.detach().cpu().reshape(generated.shape[0], -1).float()
+    names = _feature_labels(feature_names, data.shape[1])
     n = min(max_features, data.shape[1])
     cols = min(4, n)
     rows = -(-n // cols)
@@ -166,7 +172,7 @@ def save_feature_histograms(
             continue
         ax.hist(data[:, j].numpy(), bins=30, density=True, alpha=0.5, label="data")
         ax.hist(generated[:, j].numpy(), bins=30, density=True, alpha=0.5, label="generated")
-        ax.set_xlabel(f"feature {j}")
+        ax.set_xlabel(names[j])
         ax.set_ylabel("density")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
@@ -174,15 +180,40 @@ def save_feature_histograms(
     plt.close(fig)
 
 
-def save_rows(x: torch.Tensor, stem: str | os.PathLike) -> list[Path]:
-    """Write generated rows as ``STEM.npz`` (array ``x``) and ``STEM.csv``."""
+def _feature_labels(feature_names: Sequence[str] | None, num_features: int) -> list[str]:
+    """``feature_names`` checked against the number of features, or ``feature_<j>``."""
+    if feature_names is None:
+        return [f"feature_{j}" for j in range(num_features)]
+    names = [str(n) for n in feature_names]
+    if len(names) != num_features:
+        raise ValueError(
+            f"{len(names)} feature names for rows of {num_features} features: pass one name "
+            "per feature, or feature_names=None."
+        )
+    return names
+
+
+def save_rows(
+    x: torch.Tensor, stem: str | os.PathLike, feature_names: Sequence[str] | None = None
+) -> list[Path]:
+    """Write generated rows as ``STEM.npz`` (array ``x``, and ``feature_names`` when
+    given) and ``STEM.csv`` (a header of the feature names, or ``feature_<j>``). The CSV
+    header is quoted where a name holds a comma or a quote, as :mod:`csv` writes it."""
+    import csv as csv_mod
+
     import numpy as np
 
     array = x.detach().cpu().reshape(x.shape[0], -1).numpy()
+    names = _feature_labels(feature_names, array.shape[1])
     npz, csv = Path(f"{stem}.npz"), Path(f"{stem}.csv")
-    np.savez(npz, x=array)
-    header = ",".join(f"feature_{j}" for j in range(array.shape[1]))
-    np.savetxt(csv, array, delimiter=",", header=header, comments="")
+    if feature_names is None:
+        np.savez(npz, x=array)
+    else:
+        np.savez(npz, x=array, feature_names=np.array(names))
+    with open(csv, "w", newline="") as f:
+        writer = csv_mod.writer(f)
+        writer.writerow(names)
+        writer.writerows(array.tolist())
     return [npz, csv]
 
 
@@ -475,6 +506,7 @@ def save_figures(
     label: int | None = None,
     obs_site: str | None = None,
     latent_sites: LatentSites = None,
+    feature_names: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write every figure of this module for a model/guide pair and data ``x`` (and ``y``):
 
@@ -485,7 +517,8 @@ def save_figures(
     ``interpolation_spherical.png`` (four pairs of items), ``traversals.png`` (the ten most
     active latent dims of the first item) and ``latent_scatter.png``. When the data site
     does not hold images, generated rows (``samples.npz``, ``samples.csv``) and
-    per-feature histograms replace the image grids.
+    per-feature histograms replace the image grids, with the columns and panels named by
+    ``feature_names`` when given.
 
     The images are the data site's values as the model observes them (a CVAE's targets
     ``y``); ``y`` is passed to model and guide when the model observes it or depends on it.
@@ -523,9 +556,9 @@ def save_figures(
             if label is not None
             else prior_means(model, template_x, template_y, **keys)  # type: ignore[arg-type]
         )
-        paths += save_rows(generated, out / "samples")
+        paths += save_rows(generated, out / "samples", feature_names)
         paths.append(out / "samples_histograms.png")
-        save_feature_histograms(data, generated, paths[-1])
+        save_feature_histograms(data, generated, paths[-1], feature_names=feature_names)
         paths.append(out / "latent_scatter.png")
         latent_scatter(
             guide,

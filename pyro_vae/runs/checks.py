@@ -128,7 +128,7 @@ def ppc_run(
     summary: dict[str, Any] = {"num_examples": int(x.shape[0]), "num_samples": num_samples}
     observed = next(iter(idata.observed_data.data_vars.values()))  # type: ignore[attr-defined]
     if not viz_mod.is_image(observed.shape[1:]):
-        return _feature_summary(idata, out, summary)
+        return _feature_summary(idata, out, summary, run.config.feature_names)
     summary["data"] = "images"
     paths = [out / "ppc.nc", *ppc_mod.save_ppc_plots(idata, out)]
     for group in ("posterior_predictive", "prior_predictive"):
@@ -145,15 +145,19 @@ def ppc_run(
 
 
 def _feature_summary(
-    idata: Any, out: Path, summary: dict[str, Any]
+    idata: Any, out: Path, summary: dict[str, Any], feature_names: list[str] | None = None
 ) -> tuple[dict[str, Any], list[Path]]:
-    """The per-feature checks of tables and counts (see :func:`ppc_run`)."""
+    """The per-feature checks of tables and counts (see :func:`ppc_run`); the CSV's rows
+    carry the features' names in a ``feature_name`` column when the run has them."""
     summary["data"] = "features"
     paths = [out / "ppc.nc", out / "ppc_features.csv"]
     for group in ("posterior_predictive", "prior_predictive"):
         table = ppc_mod.feature_checks(idata, group=group)
         if group == "posterior_predictive":
-            table.to_csv(paths[-1])
+            written = table.copy()
+            if feature_names is not None and len(feature_names) == len(table):
+                written.insert(0, "feature_name", list(feature_names))
+            written.to_csv(paths[-1])
             summary["num_features"] = len(table)
         summary[group] = ppc_mod.feature_check_summary(table)
     paths += ppc_mod.save_feature_plots(idata, out)
@@ -175,5 +179,12 @@ def sample_run(
     check_count("--num-samples", num_samples)
     x, y = run_data(run, split, device=device, seed=seed)
     return viz_mod.save_figures(
-        run.model, run.guide, x, y, out_dir, num_samples=num_samples, label=label
+        run.model,
+        run.guide,
+        x,
+        y,
+        out_dir,
+        num_samples=num_samples,
+        label=label,
+        feature_names=run.config.feature_names,
     )

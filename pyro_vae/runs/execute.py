@@ -374,5 +374,6 @@ def _figures(config: RunConfig, module: Any, x: torch.Tensor, y: torch.Tensor | 
         )
         save_reconstructions(x[:32], recon, run_dir / "reconstructions.png")
     else:
-        save_rows(samples, run_dir / "samples")
-        save_feature_histograms(x, samples, run_dir / "samples_histograms.png")
+        names = config.feature_names
+        save_rows(samples, run_dir / "samples", names)
+        save_feature_histograms(x, samples, run_dir / "samples_histograms.png", feature_names=names)

@@ -125,6 +125,20 @@ def test_schedule_runs_the_pyro_path(x, steppers):
     )
     assert steppers == []  # a graph would freeze the KL weight of its first step
     assert objective.step == 3
+    # compile cannot apply to the Pyro path, and says so instead of doing nothing silently
+    with pytest.warns(UserWarning, match="compile=True has no effect here"):
+        fit(
+            vae.model,
+            vae.guide,
+            x,
+            objective=BetaELBO(warmup_steps=10),
+            epochs=1,
+            batch_size=64,
+            eval_examples=64,
+            progress=False,
+            compile=True,
+        )
+    assert steppers == []
 
 
 def test_resume_with_capture_is_exact(x, tmp_path):

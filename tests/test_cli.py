@@ -267,3 +267,21 @@ def test_out_holding_a_run_is_refused_and_overwrite_moves_it_aside(tmp_path, cap
     assert train(out, "--overwrite") == 0
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(moved) == 1 and _snapshot(moved[0]) == before
+
+
+def test_compile_option_reaches_fit_and_survives_resume(tmp_path, monkeypatch):
+    import pyro_vae.runs.execute as execute
+
+    real_fit, seen = execute.fit, []
+
+    def recording_fit(*args, **kwargs):
+        seen.append(kwargs["compile"])
+        return real_fit(*args, **{**kwargs, "compile": False})  # compiling takes minutes
+
+    monkeypatch.setattr(execute, "fit", recording_fit)
+    out = tmp_path / "run"
+    assert train(out, "--compile") == 0
+    assert json.loads((out / "config.json").read_text())["compile"] is True
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert train(tmp_path / "plain") == 0
+    assert seen == [True, True, False]  # the saved option is kept on resume; off by default

@@ -219,6 +219,13 @@ def add_run_arguments(p: argparse.ArgumentParser, opt: Any, d: RunConfig) -> Non
         "before clipping as grad_norm",
     )
     opt(
+        "--compile",
+        action="store_true",
+        help="compile the captured training step with TorchInductor (fused kernels): "
+        "compiling takes seconds to minutes per batch shape, which long runs earn back; a "
+        "graph that fails to compile or gives another loss runs uncompiled, with a warning",
+    )
+    opt(
         "--log",
         choices=TRACKERS,
         nargs="+",

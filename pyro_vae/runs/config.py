@@ -119,6 +119,8 @@ class RunConfig:
     patience: int | None = None
     min_delta: float = 0.0
     clip_grad_norm: float | None = None
+    #: compile the captured training step with TorchInductor (``fit(compile=True)``)
+    compile: bool = False
     # logging to tracking tools (pyro_vae.train.tracking)
     log: list[str] = field(default_factory=list)
     mlflow_uri: str | None = None

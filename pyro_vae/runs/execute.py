@@ -238,6 +238,7 @@ def _train(
             scheduler=_scheduler(config),
             early_stopping=_early_stopping(config),
             clip_grad_norm=config.clip_grad_norm,
+            compile=config.compile,
         )
         if history.interrupted:
             trackers.finish(KILLED)

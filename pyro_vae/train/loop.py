@@ -21,6 +21,7 @@ epoch) and :mod:`~pyro_vae.train.interrupt` (Ctrl-C and SIGTERM).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,15 @@ def fit(
     if capture is None:
         capture = all(isinstance(getattr(f, "__self__", f), nn.Module) for f in (model, guide))
     capture = capture and set_step is None and getattr(elbo, "capturable", True)
+    if compile and not capture:
+        warnings.warn(
+            "compile=True has no effect here: only a captured step is compiled, and this one "
+            "runs the Pyro path (an objective with a schedule such as KL warm-up, one that "
+            "cannot be captured, capture=False, or a model or guide that is not an "
+            "nn.Module method). Drop compile, or train without the schedule.",
+            UserWarning,
+            stacklevel=2,
+        )
     files = RunFiles(run_dir, writer, params)
     state = TrainingState(
         modules,

@@ -17,7 +17,7 @@ from pyro_vae.models.semisupervised import (
     classification_accuracy,
     split_labelled,
 )
-from pyro_vae.runs import load_run
+from pyro_vae.runs import RunConfig, load_run
 from pyro_vae.train.semisupervised import fit_semisupervised
 
 
@@ -150,3 +150,142 @@ def test_cli_semisupervised_ctrl_c_keeps_the_last_epoch(tmp_path, interrupt_afte
     assert code == 130, text
     assert "Traceback" not in text and f"--resume {out}" in text
     assert isinstance(load_run(out).module, SemiSupervisedVAE)  # a finished epoch loads
+
+
+def _interleaved(n_u: int, n_l: int, batch_size: int, seed: int = 0):
+    from pyro_vae.train.batches import SemiSupervisedBatches, SemiSupervisedData
+
+    x_u = torch.arange(n_u, dtype=torch.float32)[:, None]  # each example holds its index
+    x_l = 1000 + torch.arange(n_l, dtype=torch.float32)[:, None]
+    y_l = torch.arange(n_l) % 10
+    batches = SemiSupervisedBatches(
+        SemiSupervisedData((x_l, y_l), x_u, schedule="interleaved"), batch_size
+    )
+    torch.manual_seed(seed)
+    batches.generator.manual_seed(seed)
+    return batches
+
+
+def _kinds(steps):
+    return ["L" if "x_labelled" in kw else "U" for _, kw in steps]
+
+
+@pytest.mark.parametrize(
+    ("n_u", "n_l", "batch_size", "kinds"),
+    [
+        (450, 50, 100, "ULUUUU"),  # period 10: one labelled step, at step 1
+        (450, 250, 100, "ULULULUU"),  # period 2: labelled at steps 1, 3, 5
+        (100, 400, 100, "LLLLU"),  # period 1: the labelled batches first
+        (95, 5, 10, "ULUUUUUUUUU"),  # period 20 is longer than the epoch
+    ],
+)
+def test_interleaved_schedule_sees_every_example_once_per_epoch(n_u, n_l, batch_size, kinds):
+    """Pyro's SS-VAE schedule: a labelled step when i mod floor(N / N_l) == 1, until the
+    epoch's labelled batches are used; a labelled step has no unlabelled examples."""
+    batches = _interleaved(n_u, n_l, batch_size)
+    for epoch in range(2):
+        batches.start_epoch(epoch)
+        steps = list(batches)
+        assert "".join(_kinds(steps)) == kinds and len(batches) == len(kinds)
+        assert batches.exhausted and batches.batches_done == len(kinds)
+        seen_u = torch.cat([x for x, kw in steps if "x_labelled" not in kw]).flatten()
+        seen_l = torch.cat([kw["x_labelled"] for _, kw in steps if "x_labelled" in kw])
+        assert sorted(seen_u.tolist()) == list(range(n_u))
+        assert sorted(seen_l.flatten().tolist()) == [1000 + i for i in range(n_l)]
+        assert all(x.shape[0] == 0 for x, kw in steps if "x_labelled" in kw)
+        labels = torch.cat([kw["y_labelled"] for _, kw in steps if "x_labelled" in kw])
+        assert torch.equal(labels, (seen_l.flatten() - 1000).long() % 10)  # pairs kept
+
+
+def test_interleaved_schedule_resumes_mid_epoch_exactly():
+    whole = _interleaved(450, 250, 100)
+    whole.start_epoch(0)
+    expected = list(whole)
+    part = _interleaved(450, 250, 100)
+    part.start_epoch(0)
+    iterator = iter(part)
+    first = [next(iterator) for _ in range(4)]
+    state = part.state_dict()
+    resumed = _interleaved(450, 250, 100, seed=1)  # another generator: the state decides
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(first) + len(rest) == len(expected)
+    for (xa, ka), (xb, kb) in zip(first + rest, expected, strict=True):
+        assert torch.equal(xa, xb) and ka.keys() == kb.keys()
+        assert all(torch.equal(ka[k], kb[k]) for k in ka)
+
+
+def test_a_labelled_step_scores_the_labelled_batch_alone():
+    from pyro_vae.objectives.semisupervised import SemiSupervisedELBO
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = SemiSupervisedVAE.mlp(3, 2, (6,), (8,))
+    x = torch.bernoulli(torch.full((6, 6), 0.4))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    elbo = SemiSupervisedELBO(aux_weight=5.0)
+    pyro.set_rng_seed(1)
+    alone = elbo.differentiable_loss(vae.model, vae.guide, x_labelled=x, y_labelled=y)
+    pyro.set_rng_seed(1)
+    empty = elbo.differentiable_loss(vae.model, vae.guide, x[:0], x_labelled=x, y_labelled=y)
+    assert torch.equal(alone, empty)
+    with pytest.raises(ValueError, match="Pass unlabelled x"):
+        elbo.differentiable_loss(vae.model, vae.guide, x[:0])
+
+
+def test_cli_pyro_recipe_options_train_and_are_kept(tmp_path, capsys):
+    out = tmp_path / "m2"
+    argv = ["semisupervised", "--labels", "100", "--epochs", "1", "--hidden-dims", "32"]
+    argv += ["--latent-dim", "4", "--labelled-schedule", "interleaved", "--adam-beta1", "0.95"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["labelled_schedule"] == "interleaved" and config["adam_beta1"] == 0.95
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    assert all(g["betas"][0] == 0.95 for g in groups)
+    metrics = json.loads((out / "test.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1  # one labelled step per epoch: no skill yet
+    assert main(["semisupervised", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["adam_beta1"] == 0.95
+    with pytest.raises(ValueError, match="semi-supervised model only"):
+        RunConfig(labelled_schedule="interleaved").validate()  # train has no such flag
+    with pytest.raises(ValueError, match="is not one of paired, interleaved"):
+        RunConfig(model="m2", labels=100, labelled_schedule="pyro").validate()
+    assert main([*argv[:-4], "--adam-beta1", "1.0", "--out", str(tmp_path / "b")]) == 2
+    assert "--adam-beta1 must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_fit_takes_the_interleaved_steps_in_order():
+    from pyro_vae import fit
+    from pyro_vae.objectives.semisupervised import SemiSupervisedELBO
+    from pyro_vae.train.batches import SemiSupervisedData
+
+    seen = []
+
+    class Spy(SemiSupervisedELBO):
+        def differentiable_loss(self, model, guide, x=None, **kwargs):
+            seen.append(("L" if kwargs else "U", 0 if x is None else x.shape[0]))
+            return super().differentiable_loss(model, guide, x, **kwargs)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    m2 = SemiSupervisedVAE.mlp(3, 2, (6,), (8,))
+    x = torch.bernoulli(torch.full((90, 6), 0.4))
+    y = torch.arange(30) % 3
+    data = SemiSupervisedData((x[:30], y), x[30:], schedule="interleaved")
+    history = fit(
+        m2.model,
+        m2.guide,
+        data,
+        objective=Spy(1.0),
+        epochs=1,
+        batch_size=20,
+        capture=False,
+        progress=False,
+    )
+    # 60 unlabelled in 3 batches, 30 labelled in 2 (20 + 10), period floor(90 / 30) = 3
+    assert [kind for kind, _ in seen[-5:]] == ["U", "L", "U", "U", "L"]
+    assert [n for _, n in seen[-5:]] == [20, 0, 20, 20, 0]
+    assert len(history.records) == 1 and torch.isfinite(
+        torch.tensor(history.records[0]["train_elbo"])
+    )

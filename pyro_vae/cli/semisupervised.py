@@ -9,6 +9,7 @@ from typing import Any
 
 from pyro_vae.cli.train import add_run_arguments, config_from_args, option_adder
 from pyro_vae.runs import RunConfig, train_run
+from pyro_vae.train.batches import LABELLED_SCHEDULES
 
 LABELLED_DATASETS = ("bundled", "mnist", "fashion-mnist")
 #: M2 as in Pyro's SS-VAE example: 500 hidden units, latent 50, batches of 200
@@ -40,6 +41,14 @@ def add_parser(sub: Any) -> None:
     opt("--download", action="store_true", help="fetch the files (torchvision)")
     opt("--labels", type=int, default=d.labels, help="labelled examples (per class equal)")
     opt("--aux-weight", type=float, default=d.aux_weight, help="alpha of the class loss")
+    opt(
+        "--labelled-schedule",
+        choices=LABELLED_SCHEDULES,
+        default=d.labelled_schedule,
+        help="paired: every step takes an unlabelled and a labelled batch; interleaved: "
+        "Pyro's SS-VAE example, a labelled batch every floor(N / labels) steps, each label "
+        "once per epoch",
+    )
     opt("--latent-dim", type=int, default=d.latent_dim, help="dimension of z")
     opt("--hidden-dims", type=int, nargs="+", default=d.hidden_dims, help="hidden widths")
     add_run_arguments(s, opt, d)

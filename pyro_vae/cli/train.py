@@ -181,6 +181,7 @@ def add_run_arguments(p: argparse.ArgumentParser, opt: Any, d: RunConfig) -> Non
     opt("--epochs", type=int, default=d.epochs, help="total number of epochs")
     opt("--batch-size", type=int, default=d.batch_size, help="examples per step")
     opt("--lr", type=float, default=d.lr, help="Adam learning rate (applied on --resume too)")
+    opt("--adam-beta1", type=float, default=d.adam_beta1, help="Adam's beta_1, in [0, 1)")
     opt(
         "--lr-schedule",
         choices=SCHEDULES,

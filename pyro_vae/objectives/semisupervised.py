@@ -88,9 +88,12 @@ class SemiSupervisedELBO(ELBO):
         x_labelled: torch.Tensor | None = None,
         y_labelled: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """:math:`\\mathcal{J}^\\alpha` of one unlabelled and one labelled batch."""
+        """:math:`\\mathcal{J}^\\alpha` of one unlabelled and one labelled batch (either may
+        be left out; an unlabelled batch of no examples counts as left out)."""
         if (x_labelled is None) != (y_labelled is None):
             raise ValueError("Pass x_labelled and y_labelled together, or neither.")
+        if x is not None and x.shape[0] == 0:
+            x = None  # a labelled step of the interleaved schedule
         if x is None and x_labelled is None:
             raise ValueError("Pass unlabelled x, labelled x_labelled/y_labelled, or both.")
         loss = torch.zeros(())

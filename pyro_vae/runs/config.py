@@ -21,6 +21,7 @@ from pyro_vae._checks import check_count, check_number
 from pyro_vae.objectives import OBJECTIVES, make_objective
 from pyro_vae.parts import get_part, part_options
 from pyro_vae.parts.registry import option_users
+from pyro_vae.train.batches import LABELLED_SCHEDULES
 from pyro_vae.train.schedule import SCHEDULES, lr_scheduler
 from pyro_vae.train.tracking import TRACKERS
 
@@ -103,11 +104,15 @@ class RunConfig:
     # semi-supervised (model "m2")
     labels: int | None = None
     aux_weight: float = 50.0
+    #: how labelled and unlabelled batches mix (``pyro_vae.train.batches.LABELLED_SCHEDULES``)
+    labelled_schedule: str = "paired"
     time_budget: float | None = None
     # run
     epochs: int = 40
     batch_size: int = 128
     lr: float = 1e-3
+    #: Adam's first decay rate beta_1 (the second stays 0.999)
+    adam_beta1: float = 0.9
     device: str = "cpu"
     seed: int = 0
     out: str | None = None
@@ -257,6 +262,9 @@ class RunConfig:
         check_count("--batch-size", self.batch_size)
         check_count("--num-particles", self.num_particles)
         check_number("--lr", self.lr, positive=True)
+        check_number("--adam-beta1", self.adam_beta1, minimum=0)
+        if not self.adam_beta1 < 1:
+            raise ValueError(f"--adam-beta1 must be in [0, 1), got {self.adam_beta1}.")
         check_number("--seed", self.seed, integer=True, minimum=0)
         known = part_options()
         for name, value in self.options.items():
@@ -293,6 +301,16 @@ class RunConfig:
                 raise ValueError("The semi-supervised model uses MLP networks; use --network mlp.")
             check_count("--labels", self.labels)
             check_number("--aux-weight", self.aux_weight, minimum=0)
+        if self.labelled_schedule not in LABELLED_SCHEDULES:
+            raise ValueError(
+                f"--labelled-schedule {self.labelled_schedule!r} is not one of "
+                f"{', '.join(LABELLED_SCHEDULES)}."
+            )
+        if self.labelled_schedule != "paired" and self.model != "m2":
+            raise ValueError(
+                "--labelled-schedule applies to the semi-supervised model only (pyro-vae "
+                "semisupervised); drop it."
+            )
         if self.time_budget is not None:
             check_number("--time-budget", self.time_budget, positive=True)
         if self.dataset == "file" and not self.data_file:

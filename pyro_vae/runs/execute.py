@@ -10,6 +10,7 @@ The command line calls :func:`train_run`; Python users can too::
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from pyro_vae.runs.build import (
 )
 from pyro_vae.runs.config import MODEL_FIELDS, RunConfig
 from pyro_vae.train.loop import fit
+from pyro_vae.train.params import default_optimizer
 from pyro_vae.train.schedule import EarlyStopping, lr_scheduler
 from pyro_vae.train.tracking import KILLED, Trackers, open_trackers, require
 
@@ -239,6 +241,7 @@ def _train(
             early_stopping=_early_stopping(config),
             clip_grad_norm=config.clip_grad_norm,
             compile=config.compile,
+            optimizer=_optimizer(config),
         )
         if history.interrupted:
             trackers.finish(KILLED)
@@ -250,6 +253,17 @@ def _train(
         owner.write_json("test.json", metrics)  # type: ignore[union-attr]
     log(f"wrote {run_dir}")
     return metrics
+
+
+def _optimizer(config: RunConfig) -> Any:
+    """``fit``'s default Adam with ``--adam-beta1`` (None, the default optimizer, at 0.9).
+    The device's type decides the fused kernel."""
+    if config.adam_beta1 == 0.9:
+        return None
+    device = torch.device(config.device)
+    return functools.partial(
+        default_optimizer, lr=config.lr, device=device, betas=(config.adam_beta1, 0.999)
+    )
 
 
 def _scheduler(config: RunConfig) -> Any:
@@ -323,7 +337,8 @@ def _training_data(
         record["val_accuracy"] = classification_accuracy(module, x_valid, y_valid)
 
     callbacks.insert(0, accuracy)
-    return SemiSupervisedData(labelled=labelled, unlabelled=unlabelled), None, callbacks
+    data = SemiSupervisedData(labelled, unlabelled, schedule=config.labelled_schedule)
+    return data, None, callbacks
 
 
 def _test_metrics(

@@ -41,14 +41,30 @@ __all__ = [
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
+#: How a semi-supervised epoch mixes labelled and unlabelled batches
+#: (:class:`SemiSupervisedBatches`).
+LABELLED_SCHEDULES = ("paired", "interleaved")
+
+
 @dataclass(frozen=True)
 class SemiSupervisedData:
     """Training data of a semi-supervised model: ``labelled = (x, y)`` and the unlabelled
     ``x``. Passed to :func:`~pyro_vae.train.loop.fit` it is batched by
-    :class:`SemiSupervisedBatches`."""
+    :class:`SemiSupervisedBatches` with the ``schedule`` of :data:`LABELLED_SCHEDULES`
+    (``"paired"``: every step pairs an unlabelled batch with a labelled one;
+    ``"interleaved"``: Pyro's SS-VAE example, a labelled batch every so many unlabelled
+    ones, each labelled example once per epoch)."""
 
     labelled: tuple[torch.Tensor, torch.Tensor]
     unlabelled: torch.Tensor
+    schedule: str = "paired"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in LABELLED_SCHEDULES:
+            raise ValueError(
+                f"schedule={self.schedule!r} is not one of {LABELLED_SCHEDULES}; "
+                "use 'paired' or 'interleaved'."
+            )
 
 
 Data = torch.Tensor | Sequence[torch.Tensor] | Dataset | DataLoader | SemiSupervisedData
@@ -277,13 +293,24 @@ def _check_batch(x: torch.Tensor, epoch: int, index: int) -> None:
 
 
 class SemiSupervisedBatches:
-    r"""One step pairs a batch of unlabelled examples (one pass over them is an epoch) with
-    a batch of labelled examples drawn in turn from a labelled set reshuffled whenever it
-    is used up. Yields ``(x_u, {"x_labelled": x_l, "y_labelled": y_l})``.
+    r"""Batches of a semi-supervised epoch (one pass over the unlabelled examples), by the
+    data's ``schedule``:
 
-    Both orders and both positions are in the ``state_dict``, so a resumed run draws the
-    same pairs as an uninterrupted one. Labelled batches hold at most all labelled
-    examples.
+    - ``"paired"``: each step pairs a batch of unlabelled examples with a batch of labelled
+      examples drawn in turn from a labelled set reshuffled whenever it is used up; yields
+      ``(x_u, {"x_labelled": x_l, "y_labelled": y_l})``.
+    - ``"interleaved"`` (the schedule of Pyro's SS-VAE example): a step takes either an
+      unlabelled batch, ``(x_u, {})``, or a labelled one, ``(x_u[:0], {"x_labelled": x_l,
+      "y_labelled": y_l})`` (no unlabelled examples). The epoch has
+      :math:`B_u + B_l` steps, :math:`B_l = \lceil N_l / b \rceil` of them labelled: step
+      :math:`i` (from 0) is labelled when :math:`i \bmod P = 1` with the period
+      :math:`P = \lfloor (N_u + N_l) / N_l \rfloor`, until the :math:`B_l` labelled
+      batches of the epoch are taken (the last ones come at the end if the period leaves
+      them over). Each labelled example is then seen once per epoch.
+
+    Orders, positions and the step within the epoch are in the ``state_dict``, so a
+    resumed run draws the same batches as an uninterrupted one. Labelled batches hold at
+    most all labelled examples.
 
     Under ``torchrun`` every rank draws the same pairs of batches (the orders depend on
     the seed alone) and takes its share of each, ``[rank::world_size]``: the summed
@@ -308,9 +335,15 @@ class SemiSupervisedBatches:
         self.x_l, self.y_l = data.labelled
         self.labelled_order = torch.arange(0)
         self.labelled_position = 0
+        self.interleaved = data.schedule == "interleaved"
+        n_l, n_u = self.x_l.shape[0], data.unlabelled.shape[0]
+        #: labelled steps per epoch (interleaved) and the period between them
+        self.labelled_steps = math.ceil(n_l / min(batch_size, n_l)) if self.interleaved else 0
+        self.period = max(1, (n_u + n_l) // n_l)
+        self.labelled_done = 0
 
     def __len__(self) -> int:
-        return len(self.unlabelled)
+        return len(self.unlabelled) + self.labelled_steps
 
     @property
     def batch_size(self) -> int:
@@ -318,14 +351,15 @@ class SemiSupervisedBatches:
 
     @property
     def batches_done(self) -> int:
-        return self.unlabelled.batches_done
+        return self.unlabelled.batches_done + self.labelled_done
 
     @property
     def exhausted(self) -> bool:
-        return self.unlabelled.exhausted
+        return self.unlabelled.exhausted and self.labelled_done >= self.labelled_steps
 
     def start_epoch(self, epoch: int) -> None:
         self.unlabelled.start_epoch(epoch)
+        self.labelled_done = 0
 
     def _labelled_batch(self) -> torch.Tensor:
         n = self.x_l.shape[0]
@@ -337,23 +371,39 @@ class SemiSupervisedBatches:
         self.labelled_position += idx.numel()
         return idx.to(self.x_l.device)
 
+    def _labelled(self) -> dict[str, torch.Tensor]:
+        idx = self._labelled_batch()[self.shard]
+        return {"x_labelled": self.x_l[idx], "y_labelled": self.y_l[idx]}
+
     def __iter__(self) -> Iterator[Batch]:
-        for xu, _ in self.unlabelled:
-            idx = self._labelled_batch()[self.shard]
-            labelled = {"x_labelled": self.x_l[idx], "y_labelled": self.y_l[idx]}
-            yield xu[self.shard], labelled
+        if not self.interleaved:
+            for xu, _ in self.unlabelled:
+                yield xu[self.shard], self._labelled()
+            return
+        empty = self.unlabelled.x[:0]
+        while not self.exhausted:
+            left = self.labelled_steps - self.labelled_done
+            step = self.batches_done
+            if left > 0 and (step % self.period == 1 % self.period or self.unlabelled.exhausted):
+                self.labelled_done += 1
+                yield empty, self._labelled()
+            else:
+                xu, _ = next(iter(self.unlabelled))
+                yield xu[self.shard], {}
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **self.unlabelled.state_dict(),
             "labelled_order": self.labelled_order,
             "labelled_position": self.labelled_position,
+            "labelled_done": self.labelled_done,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unlabelled.load_state_dict(state)
         self.labelled_order = state["labelled_order"]
         self.labelled_position = int(state["labelled_position"])
+        self.labelled_done = int(state.get("labelled_done", 0))
 
 
 Batches = TensorBatches | ShardedBatches | LoaderBatches | SemiSupervisedBatches
@@ -408,7 +458,9 @@ def make_batches(
         if check_data is not None:
             check_data(x_u)
             check_data(x_l)
-        moved = SemiSupervisedData((x_l.to(device), y_l.to(device)), x_u.to(device))
+        moved = SemiSupervisedData(
+            (x_l.to(device), y_l.to(device)), x_u.to(device), schedule=data.schedule
+        )
         return SemiSupervisedBatches(moved, batch_size, ctx)
     xy = as_xy(data)
     if xy is not None:

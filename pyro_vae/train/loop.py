@@ -451,7 +451,7 @@ def _prepare(
     if transform is not None:
         x = transform(x)
         kwargs = {k: transform(v) if k in x_keys else v for k, v in kwargs.items()}
-    return x, kwargs, x.shape[0] + sum(kwargs[k].shape[0] for k in x_keys)
+    return x, kwargs, x.shape[0] + sum(kwargs[k].shape[0] for k in x_keys if k in kwargs)
 
 
 def _probe(

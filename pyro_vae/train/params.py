@@ -98,11 +98,14 @@ def resolve_device(device: str | torch.device | None, modules: list[nn.Module]) 
 
 
 def default_optimizer(
-    params: list[torch.Tensor], lr: float, device: torch.device
+    params: list[torch.Tensor],
+    lr: float,
+    device: torch.device,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
-    """Adam with one fused kernel for all parameters where torch has one, else the
-    multi-tensor (``foreach``) implementation; both are far cheaper per step than a loop
-    over the parameters for small networks."""
+    """Adam (with its decay rates ``betas``) with one fused kernel for all parameters where
+    torch has one, else the multi-tensor (``foreach``) implementation; both are far
+    cheaper per step than a loop over the parameters for small networks."""
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
     kind: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
-    return partial(torch.optim.Adam, lr=lr, **kind)(params)  # type: ignore[call-arg]
+    return partial(torch.optim.Adam, lr=lr, betas=betas, **kind)(params)  # type: ignore[call-arg]

@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=str(ROOT / "runs"))
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the results file from the run directory without training",
+    )
     args = parser.parse_args(argv)
 
     run_dir = Path(args.runs_dir) / args.protocol
@@ -108,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         command = ["train", *COMMON, *spec, "--out", str(run_dir), *budget]
     done_before, _ = finished(read_curve(run_dir))
     started = time.perf_counter()
-    if not done_before:
+    if not done_before and not args.report_only:
         code = pyro_vae_main(command)
-        if code != 0:
+        if code not in (0, 130):  # 130: stopped with Ctrl-C, the checkpoint is written
             return code
     train_seconds = time.perf_counter() - started
     curve = read_curve(run_dir)

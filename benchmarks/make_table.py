@@ -174,9 +174,12 @@ def m2_table(results: list[dict]) -> str:
         "| model | labels | test accuracy | training | source |",
         "|---|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: r["labels"]):
+    for r in sorted(results, key=lambda r: (r["labels"], r.get("recipe", "default"))):
+        model = "pyro-vae `semisupervised`"
+        if r.get("recipe") == "pyro":
+            model += " at Pyro's SS-VAE recipe (`--recipe pyro`: its schedule, lr, β1, α)"
         lines.append(
-            f"| pyro-vae `semisupervised` | {r['labels']} | {r['test_accuracy']:.4f} | "
+            f"| {model} | {r['labels']} | {r['test_accuracy']:.4f} | "
             f"{r['epochs']} epochs, {r['wall_seconds'] / 60:.0f} min, {r['threads']} "
             f"thread(s) | this repo, {r['date']}, {r['machine']} ({r['num_test']} test "
             "images) |"

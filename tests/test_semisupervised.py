@@ -289,3 +289,26 @@ def test_fit_takes_the_interleaved_steps_in_order():
     assert len(history.records) == 1 and torch.isfinite(
         torch.tensor(history.records[0]["train_elbo"])
     )
+
+
+def test_loss_without_gradients_equals_the_differentiable_loss():
+    """``loss`` (used for evaluation, e.g. under ``torch.no_grad``) gives the value of
+    ``differentiable_loss`` for the same random draws; TraceEnum_ELBO's own
+    ``differentiable_loss`` refuses to run without gradients."""
+    from pyro_vae.objectives.semisupervised import SemiSupervisedELBO
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    m2 = SemiSupervisedVAE.mlp(3, 2, (6,), (8,))
+    x = torch.bernoulli(torch.full((6, 6), 0.4))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    elbo = SemiSupervisedELBO(aux_weight=2.0)
+    both = {"x_labelled": x[:3], "y_labelled": y[:3]}
+    only = {"x_labelled": x, "y_labelled": y}
+    for args, labelled in [((x,), both), ((x,), {}), ((x[:0],), only), ((), only)]:
+        pyro.set_rng_seed(3)
+        expected = elbo.differentiable_loss(m2.model, m2.guide, *args, **labelled).item()
+        pyro.set_rng_seed(3)
+        with torch.no_grad():
+            value = elbo.loss(m2.model, m2.guide, *args, **labelled)
+        assert value == pytest.approx(expected, rel=1e-6)

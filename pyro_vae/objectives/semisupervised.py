@@ -79,6 +79,19 @@ class SemiSupervisedELBO(ELBO):
         self.unsupervised = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting)
         self.supervised = Trace_ELBO(max_plate_nesting=max_plate_nesting)
 
+    @staticmethod
+    def _batches(
+        x: torch.Tensor | None, x_labelled: torch.Tensor | None, y_labelled: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The unlabelled batch, ``None`` when left out; refuses a call without data."""
+        if (x_labelled is None) != (y_labelled is None):
+            raise ValueError("Pass x_labelled and y_labelled together, or neither.")
+        if x is not None and x.shape[0] == 0:
+            x = None  # a labelled step of the interleaved schedule
+        if x is None and x_labelled is None:
+            raise ValueError("Pass unlabelled x, labelled x_labelled/y_labelled, or both.")
+        return x
+
     def differentiable_loss(
         self,
         model: Callable,
@@ -90,12 +103,7 @@ class SemiSupervisedELBO(ELBO):
     ) -> torch.Tensor:
         """:math:`\\mathcal{J}^\\alpha` of one unlabelled and one labelled batch (either may
         be left out; an unlabelled batch of no examples counts as left out)."""
-        if (x_labelled is None) != (y_labelled is None):
-            raise ValueError("Pass x_labelled and y_labelled together, or neither.")
-        if x is not None and x.shape[0] == 0:
-            x = None  # a labelled step of the interleaved schedule
-        if x is None and x_labelled is None:
-            raise ValueError("Pass unlabelled x, labelled x_labelled/y_labelled, or both.")
+        x = self._batches(x, x_labelled, y_labelled)
         loss = torch.zeros(())
         if x is not None:
             loss = self.unsupervised.differentiable_loss(model, guide, x)
@@ -109,9 +117,29 @@ class SemiSupervisedELBO(ELBO):
     def _get_trace(self, model: Callable, guide: Callable, args: Any, kwargs: Any) -> Any:
         raise NotImplementedError("SemiSupervisedELBO combines two estimators' traces.")
 
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+    def loss(
+        self,
+        model: Callable,
+        guide: Callable,
+        x: torch.Tensor | None = None,
+        *,
+        x_labelled: torch.Tensor | None = None,
+        y_labelled: torch.Tensor | None = None,
+    ) -> float:
+        """The value of :meth:`differentiable_loss`, computed without gradients (each
+        estimator's own ``loss``: ``TraceEnum_ELBO.differentiable_loss`` refuses to run
+        where nothing requires a gradient)."""
+        x = self._batches(x, x_labelled, y_labelled)
+        total = 0.0
+        if x is not None:
+            total += self.unsupervised.loss(model, guide, x)
+        if x_labelled is not None:
+            total += self.supervised.loss(model, guide, x_labelled, y_labelled)
+            if self.aux_weight:
+                with torch.no_grad():
+                    log_q = label_log_prob(guide, x_labelled, y_labelled, self.label_site)  # type: ignore[arg-type]
+                total -= self.aux_weight * float(log_q)
+        return total
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)

@@ -464,8 +464,9 @@ claim(
 #   A collapsed code has a posterior close to the prior, which the guide matches, so few
 #   images have heavy-tailed weights ($\hat k > 0.7$). With a used code the diagonal
 #   Gaussian guide misses part of the posterior for most images; the estimate is then a
-#   lower bound whose error exceeds its printed standard error. Those runs are better
-#   compared by the ELBO.
+#   stochastic lower bound (on average still above the ELBO) whose error exceeds its
+#   printed standard error, so a difference between two such runs needs more samples or
+#   a better proposal before it can be trusted.
 #
 # This is one budget (ten epochs) and one seed per objective.
 #
@@ -475,7 +476,9 @@ claim(
 #   `latent_diagnostics`. The KL is never below half the activity, but an active unit
 #   may still carry nothing; the library counts a unit as used only when it passes both
 #   tests, and warns when few units are used.
-# - A decoder that can model $x$ alone lets the ELBO reach a good fit with an unused code.
+# - A decoder that can model $x$ alone lets the ELBO reach a good fit with almost no code:
+#   the autoregressive run kept under a tenth of its units in use (the count and its KL
+#   are printed above).
 # - $\beta < 1$ and free bits buy a used code at a cost in ELBO; annealing, at this
 #   budget, left the code collapsed. The table gives each one's ELBO, KL and
 #   importance-sampled $\log p(x)$.

@@ -468,11 +468,12 @@ for name in ("VampPrior (50)", "flow (MAF, 4 layers)"):
 #
 # Where are the holes? In two dimensions the aggregate posterior of the standard normal
 # VAE can be evaluated: $q_\phi(z) = \frac1N \sum_n q_\phi(z \mid x_n)$ is a mixture of
-# $N$ Gaussians. The ratio $q_\phi(z) / p(z)$ at a prior sample says whether the prior
-# puts more mass there than the data's codes do (a low ratio: a hole). The function
-# below sorts prior draws by that ratio, compares the classifier's confidence in the
-# lowest and the highest quarter, and shows decoded samples of the aggregate posterior,
-# of the prior, and of the prior's lowest-ratio tenth.
+# $N$ Gaussians (here over the first 2,000 training images, enough for its shape). The
+# ratio $q_\phi(z) / p(z)$ at a prior sample says whether the prior puts more mass there
+# than the data's codes do (a low ratio: a hole). The function below sorts prior draws
+# by that ratio, compares the classifier's confidence in the lowest and the highest
+# quarter, and shows decoded samples of the aggregate posterior, of the prior, and of
+# the prior's lowest-ratio tenth.
 
 
 # %%
@@ -523,7 +524,7 @@ claim(
 
 # %% [markdown]
 # The right-hand grid is what "blurry non-digits from a prior hole" means: the prior
-# samples there, the aggregate posterior does not, and the decoder, never trained on
+# samples there, the aggregate posterior rarely does, and the decoder, seldom trained on
 # codes from there, returns blurry shapes. The printed confidences put a number on it,
 # with standard errors.
 #
@@ -560,10 +561,11 @@ plt.show()
 # A claim found in tutorials on the ELBO: with a uniform prior on the unit sphere
 # (Guu et al., 2018; Xu & Durrett, 2018; Davidson et al., 2018) a VAE trains **without
 # KL annealing**, the warm-up of the KL weight from 0 to 1 that Gaussian VAEs of text
-# need against posterior collapse (tutorial 7). The argument behind it, in those
-# papers, is that the posterior is a von Mises-Fisher distribution with a **fixed**
-# concentration $\kappa$: then $\mathrm{KL}(q \,\|\, \text{uniform})$ is the same
-# constant for every image, and the encoder cannot lower it by collapsing to the prior.
+# need against posterior collapse (tutorial 7). The argument behind it (Guu et al. and
+# Xu & Durrett fix $\kappa$; Davidson et al. learn it) is that with a von Mises-Fisher
+# posterior of **fixed** concentration $\kappa$, $\mathrm{KL}(q \,\|\, \text{uniform})$
+# is the same constant for every image, and the encoder cannot lower it by collapsing to
+# the prior.
 # `PowerSphericalGuide` learns $\kappa(x)$ per image, so here the KL *can* go to zero,
 # and the claim has to be tested.
 #
@@ -573,8 +575,9 @@ plt.show()
 # What "trains" should mean:
 #
 # 1. the KL never approaches 0 during training (the validation KL of every epoch);
-# 2. every coordinate of the code is used: its posterior mean varies over the test
-#    images (activity $> 0.01$, `latent_diagnostics`, as in tutorial 7);
+# 2. every coordinate of the code is active: its posterior mean varies over the test
+#    images (activity $> 0.01$, `latent_diagnostics`; tutorial 7 also asks a *used*
+#    unit for a KL above 0.1 nats);
 # 3. annealing does not buy a better test $\log p(x)$ (at the 2 paired s.e. margin).
 #
 # And the comparison: the test $\log p(x)$ of the hyperspherical and Gaussian VAEs.
@@ -666,14 +669,14 @@ plt.show()
 # difference). The plot shows why the question is not empty: the sphere's KL starts
 # low in the first epoch (a learned concentration lets the KL shrink) and climbs as the
 # decoder learns to read the code. But the same holds for the Gaussian VAE
-# with five dimensions on these images: no coordinate collapses and annealing changes
-# its likelihood by less than two paired standard errors. So this measurement supports
+# with five dimensions on these images: no coordinate collapses and annealing does not
+# raise its likelihood by two paired standard errors. So this measurement supports
 # "trains without annealing" for the sphere, but does not show an advantage over the
 # Gaussian, which needs no annealing here either and reaches a clearly higher
 # $\log p(x)$ in the same budget. Collapse is mostly reported with powerful decoders
-# (autoregressive ones, for text), and tutorial 7 shows it partially with more latent
-# dimensions; a fixed-$\kappa$ posterior removes it by construction, at the price of a
-# KL that no image can lower.
+# (autoregressive ones, for text), and tutorial 7 makes it happen with an autoregressive
+# decoder over the pixels; a fixed-$\kappa$ posterior removes it by construction, at the
+# price of a KL that no image can lower.
 #
 # ## Summary
 #

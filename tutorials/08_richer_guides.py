@@ -275,8 +275,10 @@ claim(
 #
 # That $\log p_\theta(x)$ needs one reference, the same for every guide. Each guide gives
 # an importance-sampled estimate with $K$ large (printed), each an underestimate of the
-# truth; the reference for image $n$ is the **largest of the three estimates**, and the
-# printout says how often each guide was that best proposal. The gap of every guide is
+# truth on average; the reference for image $n$ is the **largest of the three
+# estimates** (the maximum of three noisy estimates leans slightly upwards, which at
+# this $K$ is small against the gaps), and the printout says how often each guide was
+# that best proposal. The gap of every guide is
 # measured against this one reference, with its $M$-draw ELBO.
 
 # %%
@@ -340,8 +342,10 @@ claim(
     "every per-image gap of every guide is ≥ 0 within 2 standard errors",
 )
 claim(
-    fixed["diagonal"]["negative"] == 0 and fixed["diagonal"]["negative one draw"] >= 0.05,
-    "diagonal guide: no per-image gap is negative with M-draw ELBOs, but ≥ 5% are with one draw",
+    all(fixed[name]["negative"] == 0 for name in names)
+    and fixed["diagonal"]["negative one draw"] >= 0.05,
+    "no per-image gap of any guide is negative with M-draw ELBOs, but ≥ 5% of the diagonal "
+    "guide's are with one draw",
 )
 one_draw_sd = fixed["diagonal"]["elbo"]["se"].median().item() * num_draws**0.5
 print(f"median standard deviation of one draw's ELBO (diagonal guide): {one_draw_sd:.2f} nats")
@@ -351,8 +355,8 @@ claim(
     "for every proposal, most images have heavy-tailed importance weights (k-hat > 0.7)",
 )
 claim(
-    best.bincount(minlength=3).argmax().item() == names.index("full covariance"),
-    "the full-covariance guide is the best proposal for more images than any other guide",
+    best.bincount(minlength=3)[names.index("full covariance")].item() > len(best) / 2,
+    "the full-covariance guide is the best proposal for most images (over half)",
 )
 mean, se = changes["full covariance", "diagonal"]
 claim(-mean >= 2 * se, "on the fixed model the full-covariance gap is smaller than the diagonal's")
@@ -376,7 +380,8 @@ claim(
 # smaller than the diagonal guide's and the IAF's, by more than two paired standard
 # errors (printed). The two-layer IAF, after the same number of steps, is tighter than
 # the diagonal guide too, but its gain is less than a quarter of the full covariance's:
-# a flow can represent more, but it has to learn it, and this budget is short. Since
+# a flow can represent more, but it has to learn it, and this budget may be too short
+# for that (a reading, not checked here). Since
 # all guides share one reference, these differences of gaps are differences of ELBOs,
 # whatever the error of the reference itself. The full-covariance guide is also the
 # best proposal for importance sampling on most images, which is why most of the

@@ -39,7 +39,7 @@ def nll_table(results: list[dict]) -> str:
         lines.append(
             f"| pyro-vae `{r['config']}` | {r['test_nll']:.2f} ± {r['test_nll_stderr']:.3f} | "
             f"{r['num_samples']} | {r['epochs_trained']} epochs (best {r['best_epoch']}), "
-            f"{r['train_seconds'] / 60:.0f} min, {r['threads']} threads | {evaluation} | "
+            f"{r['train_seconds'] / 60:.0f} min, {r['threads']} thread(s) | {evaluation} | "
             f"this repo, {r['date']}, {r['machine']} ({r['test_examples']} test images) |"
         )
     for name, value in ANCHORS:
@@ -123,7 +123,7 @@ def throughput_table(result: dict) -> str:
 
 def parts_table(result: dict) -> str:
     lines = [
-        f"Date {result['date']}, {result['machine']}, {result['threads']} threads, torch "
+        f"Date {result['date']}, {result['machine']}, {result['threads']} thread(s), torch "
         f"{result['torch']}; {result['data']}; {result['epochs']} epochs each, "
         f"IS NLL with K={result['num_samples']}.",
         "",
@@ -143,7 +143,7 @@ def parts_table(result: dict) -> str:
 
 def counts_table(result: dict) -> str:
     lines = [
-        f"Date {result['date']}, {result['machine']}, {result['threads']} threads, torch "
+        f"Date {result['date']}, {result['machine']}, {result['threads']} thread(s), torch "
         f"{result['torch']}; {result['data']}; {result['epochs']} epochs each, "
         f"IS NLL with K={result['num_samples']}."
         + (f" Note: {result['note']}." if result.get("note") else ""),
@@ -206,7 +206,7 @@ def eval_speed_table(results: list[dict]) -> str:
 
 def scale_table(result: dict) -> str:
     lines = [
-        f"Date {result['date']}, {result['threads']} threads; slope "
+        f"Date {result['date']}, {result['threads']} thread(s); slope "
         f"{result['seconds_per_1000_examples']:.2f} s per 1,000 examples, largest / smallest "
         f"time per example {result['time_per_example_max_over_min']:.2f}, peak RSS growth "
         f"{result['peak_rss_growth_mib']:.0f} MiB from the smallest to the largest N.",

@@ -256,8 +256,9 @@ def _normal_normal(n: int, seed: int = 0):
 def test_pareto_k_of_a_known_tail_and_the_warning():
     x, model, guide_with_width = _normal_normal(40)
     narrow = guide_with_width(0.4)  # k = 1 - 0.16 = 0.84
-    with pytest.warns(ImportanceWeightWarning, match="more samples K.*richer guide.*train"):
+    with pytest.warns(ImportanceWeightWarning, match="more samples K.*richer guide.*train") as w:
         ll = log_likelihood(model, narrow, x, num_samples=4000, particle_chunk=1000)
+    assert w[0].filename == __file__  # the warning points at the caller, not at torch
     assert 0.7 < ll.pareto_k.median().item() < 0.95, ll.pareto_k
     assert ll.pareto_k_fraction_above(0.7) > 0.5
     assert ll.pareto_k_max == ll.pareto_k.max().item()

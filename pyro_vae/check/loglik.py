@@ -542,7 +542,7 @@ def _warn_if_unreliable(result: LogLikelihood) -> None:
         "shows. Use more samples K (num_samples), a richer guide (e.g. a normalizing flow "
         "or a wider, heavier-tailed q), or train longer.",
         ImportanceWeightWarning,
-        stacklevel=3,
+        stacklevel=4,  # past log_likelihood and its torch.no_grad wrapper: the caller
     )
 
 

@@ -247,6 +247,10 @@ def test_cli_pyro_recipe_options_train_and_are_kept(tmp_path, capsys):
     assert 0 <= metrics["test_accuracy"] <= 1  # one labelled step per epoch: no skill yet
     assert main(["semisupervised", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((out / "config.json").read_text())["adam_beta1"] == 0.95
+    for flag, value in (("--adam-beta1", "0.5"), ("--labelled-schedule", "paired")):
+        resume = ["semisupervised", "--resume", str(out), flag, value, "--epochs", "3"]
+        assert main(resume) == 2
+        assert f"{flag} {value} cannot change when a run resumes" in capsys.readouterr().err
     with pytest.raises(ValueError, match="semi-supervised model only"):
         RunConfig(labelled_schedule="interleaved").validate()  # train has no such flag
     with pytest.raises(ValueError, match="is not one of paired, interleaved"):

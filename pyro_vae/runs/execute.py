@@ -87,6 +87,12 @@ def resume_config(run_dir: str | Path, given: dict[str, Any]) -> RunConfig:
                 f"--{key.replace('_', '-')} {value} does not match the run being resumed, "
                 f"which has {key}={saved_dict.get(key)!r}; drop the option or start a new run."
             )
+        if key in FIXED_ON_RESUME and value != saved_dict.get(key):
+            raise ValueError(
+                f"--{key.replace('_', '-')} {value} cannot change when a run resumes (the "
+                f"optimizer's saved state keeps {key}={saved_dict.get(key)!r}); drop the "
+                "option or start a new run."
+            )
         if key in saved.resolved_options() and value != saved_dict.get(key):
             raise ValueError(
                 f"--{key.replace('_', '-')} {value} would change the model of the run "
@@ -94,6 +100,11 @@ def resume_config(run_dir: str | Path, given: dict[str, Any]) -> RunConfig:
             )
     changes = {k: v for k, v in given.items() if k not in ("out", "resume")}
     return saved.replace(**changes, out=str(path))
+
+
+#: options of the optimizer and the batching that a resumed run cannot change: the
+#: checkpoint's optimizer state and batch order carry them
+FIXED_ON_RESUME = ("adam_beta1", "labelled_schedule")
 
 
 def train_run(

@@ -25,6 +25,7 @@ from pyro import poutine
 from torchvision.utils import make_grid, save_image
 
 from pyro_vae.check.diagnostics import posterior_means
+from pyro_vae.data import check_feature_names
 from pyro_vae.inference.program import (
     Program,
     from_examples,
@@ -181,26 +182,18 @@ def save_feature_histograms(
 
 
 def _feature_labels(feature_names: Sequence[str] | None, num_features: int) -> list[str]:
-    """``feature_names`` checked against the number of features, or ``feature_<j>``."""
+    """``feature_names`` checked by :func:`~pyro_vae.data.check_feature_names` against the
+    number of features, or ``feature_<j>``."""
     if feature_names is None:
         return [f"feature_{j}" for j in range(num_features)]
-    names = [str(n) for n in feature_names]
-    if len(names) != num_features:
-        raise ValueError(
-            f"{len(names)} feature names for rows of {num_features} features: pass one name "
-            "per feature, or feature_names=None."
-        )
-    return names
+    return list(check_feature_names(feature_names, (num_features,)))
 
 
 def save_rows(
     x: torch.Tensor, stem: str | os.PathLike, feature_names: Sequence[str] | None = None
 ) -> list[Path]:
     """Write generated rows as ``STEM.npz`` (array ``x``, and ``feature_names`` when
-    given) and ``STEM.csv`` (a header of the feature names, or ``feature_<j>``). The CSV
-    header is quoted where a name holds a comma or a quote, as :mod:`csv` writes it."""
-    import csv as csv_mod
-
+    given) and ``STEM.csv`` (a header of the feature names, or ``feature_<j>``)."""
     import numpy as np
 
     array = x.detach().cpu().reshape(x.shape[0], -1).numpy()
@@ -210,10 +203,7 @@ def save_rows(
         np.savez(npz, x=array)
     else:
         np.savez(npz, x=array, feature_names=np.array(names))
-    with open(csv, "w", newline="") as f:
-        writer = csv_mod.writer(f)
-        writer.writerow(names)
-        writer.writerows(array.tolist())
+    np.savetxt(csv, array, delimiter=",", header=",".join(names), comments="")
     return [npz, csv]
 
 

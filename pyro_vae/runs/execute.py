@@ -10,7 +10,6 @@ The command line calls :func:`train_run`; Python users can too::
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -266,15 +265,15 @@ def _train(
     return metrics
 
 
-def _optimizer(config: RunConfig) -> Any:
-    """``fit``'s default Adam with ``--adam-beta1`` (None, the default optimizer, at 0.9).
-    The device's type decides the fused kernel."""
-    if config.adam_beta1 == 0.9:
-        return None
-    device = torch.device(config.device)
-    return functools.partial(
-        default_optimizer, lr=config.lr, device=device, betas=(config.adam_beta1, 0.999)
-    )
+def _optimizer(config: RunConfig) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    """``fit``'s default Adam with ``--adam-beta1``, on the device the parameters are on
+    when ``fit`` builds it (which decides the fused kernel)."""
+
+    def adam(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        betas = (config.adam_beta1, 0.999)
+        return default_optimizer(params, config.lr, params[0].device, betas=betas)
+
+    return adam
 
 
 def _scheduler(config: RunConfig) -> Any:

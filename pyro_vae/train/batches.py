@@ -381,6 +381,7 @@ class SemiSupervisedBatches:
                 yield xu[self.shard], self._labelled()
             return
         empty = self.unlabelled.x[:0]
+        unlabelled = iter(self.unlabelled)  # continues from the saved position
         while not self.exhausted:
             left = self.labelled_steps - self.labelled_done
             step = self.batches_done
@@ -388,7 +389,7 @@ class SemiSupervisedBatches:
                 self.labelled_done += 1
                 yield empty, self._labelled()
             else:
-                xu, _ = next(iter(self.unlabelled))
+                xu, _ = next(unlabelled)
                 yield xu[self.shard], {}
 
     def state_dict(self) -> dict[str, Any]:
